@@ -1,0 +1,18 @@
+"""Shared pytest set-up: a seeded generator and `torch` in every docstring example."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace):
+    import flowext
+
+    doctest_namespace["torch"] = torch
+    for name in flowext.__all__:
+        doctest_namespace[name] = getattr(flowext, name)

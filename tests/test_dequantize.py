@@ -1,0 +1,198 @@
+"""Dequantize: values, dtypes, margin, log-det, the quantizer and input validation."""
+
+import math
+
+import pytest
+import torch
+
+from flowext import Dequantize
+from flowext._numerics import noise_margin
+from helpers import elementwise_jacobian
+
+
+def test_dequantize_uint8_gives_float32_in_bins():
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8)
+
+    y = Dequantize(256)(x)
+
+    assert y.dtype == torch.float32
+    assert bool((y >= x.float()).all())
+    assert bool((y < x.float() + 1).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.bool], ids=str)
+def test_dequantize_integer_inputs(dtype):
+    x = torch.tensor([0, 1, 1, 0]).to(dtype)
+
+    y = Dequantize(2)(x)
+
+    assert y.dtype == torch.float32
+    assert torch.equal(Dequantize(2).inv(y), x.float())
+
+
+def test_dequantize_float_input_keeps_dtype():
+    x = torch.tensor([0.0, 5.0, 16.0], dtype=torch.float64)
+
+    y = Dequantize(17)(x)
+
+    assert y.dtype == torch.float64
+    assert torch.equal(Dequantize(17).inv(y), x)
+
+
+def test_dequantize_requested_dtype():
+    y = Dequantize(17, dtype=torch.float64)(torch.tensor([3, 4]))
+
+    assert y.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("dtype", "num_bins"),
+    [(torch.bfloat16, 256), (torch.bfloat16, 3), (torch.float16, 256), (torch.float16, 17)],
+    ids=str,
+)
+def test_dequantize_rejects_dtype_that_cannot_resolve_bins(dtype, num_bins):
+    with pytest.raises(ValueError, match=rf"dtype {dtype} cannot resolve num_bins={num_bins}"):
+        Dequantize(num_bins, dtype=dtype)
+    with pytest.raises(ValueError, match="Use torch.float32 or torch.float64"):
+        Dequantize(num_bins)(torch.zeros(3, dtype=dtype))
+
+
+@pytest.mark.parametrize(("dtype", "num_bins"), [(torch.bfloat16, 2), (torch.float16, 16)], ids=str)
+def test_dequantize_low_precision_where_resolvable(dtype, num_bins):
+    x = torch.arange(num_bins).repeat(50)
+    t = Dequantize(num_bins, dtype=dtype)
+
+    y = t(x)
+
+    assert y.dtype == dtype
+    assert torch.equal(t.inv(y), x.to(dtype))
+
+
+def test_dequantize_log_det_is_log_of_noise_derivative():
+    # y = x + m + (1 - 2m) u, so log|dy/du| = log(1 - 2m) is -log q(u|x).
+    t = Dequantize(256, dtype=torch.float64)
+    x = torch.tensor([0.0, 17.0, 255.0], dtype=torch.float64)
+    u = torch.tensor([0.0, 0.5, 0.999], dtype=torch.float64)
+
+    diagonal, off_diagonal = elementwise_jacobian(lambda v: t.apply_noise(x, v), u)
+    y = t.apply_noise(x, u)
+
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y), diagonal.log())
+    torch.testing.assert_close(t.inv.log_abs_det_jacobian(y, x), -diagonal.log())
+    assert off_diagonal == 0
+
+
+def test_dequantize_margin_size():
+    m32 = noise_margin(256, torch.float32)
+    m64 = noise_margin(256, torch.float64)
+
+    assert m32 == pytest.approx(4 * 256 * torch.finfo(torch.float32).eps)
+    assert m64 == pytest.approx(4 * 256 * torch.finfo(torch.float64).eps)
+    ladj = Dequantize(256).log_abs_det_jacobian(torch.zeros(1), torch.zeros(1))
+    torch.testing.assert_close(ladj, torch.tensor([math.log1p(-2 * m32)]))
+
+
+def test_dequantize_extreme_noise_stays_in_bin():
+    t = Dequantize(256)
+    x = torch.arange(256)
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))
+
+    low = t.apply_noise(x, torch.zeros(256))
+    high = t.apply_noise(x, below_one.expand(256))
+
+    assert bool((low > x).all())
+    assert bool((high < x + 1).all())
+
+
+def test_dequantize_event_dim_log_det_shape():
+    t = Dequantize(17, event_dim=2)
+    x = torch.randint(0, 17, (3, 8, 8))
+
+    y, ladj = t.call_and_ladj(x)
+
+    assert ladj.shape == (3,)
+    torch.testing.assert_close(ladj, torch.full((3,), 64 * math.log1p(-2 * noise_margin(17, torch.float32))))
+    assert torch.equal(ladj, t.log_abs_det_jacobian(x, y))
+
+
+def test_dequantize_generator_makes_noise_reproducible():
+    x = torch.zeros(10, dtype=torch.long)
+
+    first = Dequantize(17, generator=torch.Generator().manual_seed(1))(x)
+    second = Dequantize(17, generator=torch.Generator().manual_seed(1))(x)
+    third = Dequantize(17, generator=torch.Generator().manual_seed(2))(x)
+
+    assert torch.equal(first, second)
+    assert not torch.equal(first, third)
+
+
+def test_dequantize_draws_fresh_noise_each_call():
+    t = Dequantize(17)
+    x = torch.zeros(100, dtype=torch.long)
+
+    assert not torch.equal(t(x), t(x))
+    assert not torch.equal(t.call_and_ladj(x)[0], t.call_and_ladj(x)[0])
+
+
+def test_dequantize_does_not_modify_input():
+    x = torch.tensor([1.0, 2.0, 3.0])
+    before = x.clone()
+
+    Dequantize(17)(x)
+    Dequantize(17).apply_noise(x, torch.rand(3))
+
+    assert torch.equal(x, before)
+
+
+def test_dequantize_quantizer_clamps():
+    y = torch.tensor([-0.5, 0.0, 16.99, 17.0, 40.0])
+
+    assert torch.equal(Dequantize(17).inv(y), torch.tensor([0.0, 0.0, 16.0, 16.0, 16.0]))
+
+
+@pytest.mark.parametrize(
+    "bad", [17, -1, 3.5, math.nan, math.inf], ids=lambda v: f"value={v}"
+)
+def test_dequantize_rejects_invalid_data(bad):
+    x = torch.tensor([0.0, 1.0, bad])
+
+    with pytest.raises(ValueError, match=r"Dequantize\(num_bins=17\) expects integers in \[0, 16\], got"):
+        Dequantize(17)(x)
+
+
+def test_dequantize_error_names_the_value():
+    with pytest.raises(ValueError, match=r"got 17 \(1 of 3 elements"):
+        Dequantize(17)(torch.tensor([0, 17, 16]))
+
+
+def test_dequantize_validation_can_be_disabled():
+    y = Dequantize(17, validate_args=False)(torch.tensor([17]))
+
+    assert bool((y >= 17).all())
+
+
+def test_dequantize_apply_noise_rejects_noise_outside_unit_interval():
+    with pytest.raises(ValueError, match=r"noise must lie in \[0, 1\), got 1.0"):
+        Dequantize(17).apply_noise(torch.tensor([1]), torch.tensor([1.0]))
+
+
+def test_dequantize_is_not_bijective_and_has_no_sign():
+    t = Dequantize(17)
+
+    assert not t.bijective
+    assert not t.inv.bijective
+    with pytest.raises(NotImplementedError, match="not bijective"):
+        t.sign
+    with pytest.raises(NotImplementedError, match="not bijective"):
+        t.inv.sign
+
+
+def test_dequantize_constraints():
+    t = Dequantize(17)
+
+    assert bool(t.domain.check(torch.tensor(16.0)))
+    assert not bool(t.domain.check(torch.tensor(17.0)))
+    assert not bool(t.domain.check(torch.tensor(3.5)))
+    assert bool(t.codomain.check(torch.tensor(16.99)))
+    assert not bool(t.codomain.check(torch.tensor(17.0)))
+    assert t.domain.is_discrete

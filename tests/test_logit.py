@@ -1,0 +1,135 @@
+"""Logit: values, log-dets against autograd, boundaries, symmetry and the inverse."""
+
+import math
+
+import pytest
+import torch
+
+from flowext import Logit
+from helpers import elementwise_jacobian
+
+ALPHAS = [0.0, 1e-6, 0.05, 0.5]
+
+
+def test_logit_reference_values():
+    t = Logit(alpha=0.05)
+    x = torch.tensor([0.0, 1.0, 0.5])
+
+    y, ladj = t.call_and_ladj(x)
+
+    torch.testing.assert_close(y, torch.tensor([-3.663562, 3.663562, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ladj, torch.tensor([3.662904, 3.662904, 1.335001]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(t.inv(y), x, atol=1e-6, rtol=0)
+
+
+def test_logit_event_dim_sums_log_det():
+    x = torch.full((2, 3), 0.5)
+    ladj = Logit(0.05, event_dim=1).log_abs_det_jacobian(x, Logit(0.05)(x))
+
+    assert ladj.shape == (2,)
+    torch.testing.assert_close(ladj, torch.full((2,), 4.005003), atol=1e-5, rtol=0)
+
+
+def test_logit_image_event_dim_per_example():
+    x = torch.full((4, 3, 32, 32), 0.5, dtype=torch.float64)
+    _, ladj = Logit(0.05, event_dim=3).call_and_ladj(x)
+
+    assert ladj.shape == (4,)
+    expected = 3 * 32 * 32 * (math.log(0.95) + 2 * math.log(2.0))
+    torch.testing.assert_close(ladj, torch.full((4,), expected, dtype=torch.float64))
+    torch.testing.assert_close(ladj[0], torch.tensor(4101.1233, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+def test_logit_log_det_matches_autograd(alpha):
+    t = Logit(alpha)
+    x = torch.cat([torch.linspace(1e-6, 1 - 1e-6, 101), torch.tensor([0.0, 1.0])])
+    x = x.double()
+    if alpha == 0.0:
+        x = x[1:-3]  # the plain logit has infinite derivatives at 0 and 1
+
+    diagonal, off_diagonal = elementwise_jacobian(t, x)
+
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, t(x)), diagonal.abs().log())
+    assert off_diagonal == 0
+
+
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+def test_logit_inverse_log_det_matches_autograd(alpha):
+    t = Logit(alpha)
+    y = torch.cat([torch.linspace(-30, 30, 121), torch.tensor([-700.0, 700.0])]).double()
+
+    diagonal, off_diagonal = elementwise_jacobian(t.inv, y)
+    x, ladj = t.inv.call_and_ladj(y)
+
+    finite = diagonal != 0  # sigmoid'(+-700) underflows in float64; checked below
+    torch.testing.assert_close(ladj[finite], diagonal[finite].abs().log())
+    torch.testing.assert_close(t.inv.log_abs_det_jacobian(y, x), ladj)
+    assert off_diagonal == 0
+
+    # log sigmoid'(700) = -700 - 2 softplus(-700): finite where autograd underflows to 0.
+    torch.testing.assert_close(ladj[-1], torch.tensor(-700.0 - math.log1p(-alpha), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+def test_logit_call_and_ladj_matches_separate_calls(alpha):
+    t = Logit(alpha, cache_size=0)
+    x = torch.rand(64, dtype=torch.float64)
+
+    y, ladj = t.call_and_ladj(x)
+    x_back, inv_ladj = t.inv.call_and_ladj(y)
+
+    assert torch.equal(y, t(x))
+    assert torch.equal(ladj, t.log_abs_det_jacobian(x, y))
+    assert torch.equal(x_back, t.inv(y))
+    torch.testing.assert_close(inv_ladj, t.inv.log_abs_det_jacobian(y, x_back))
+    torch.testing.assert_close(inv_ladj, -ladj)
+    torch.testing.assert_close(x_back, x)
+
+
+def test_logit_plain_boundaries_are_infinite_not_nan():
+    t = Logit(alpha=0.0)
+    x = torch.tensor([0.0, 1.0])
+
+    y, ladj = t.call_and_ladj(x)
+    x_back, inv_ladj = t.inv.call_and_ladj(y)
+
+    assert torch.equal(y, torch.tensor([-math.inf, math.inf]))
+    assert torch.equal(ladj, torch.tensor([math.inf, math.inf]))
+    assert torch.equal(x_back, x)
+    assert torch.equal(inv_ladj, torch.tensor([-math.inf, -math.inf]))
+
+
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_logit_is_exactly_antisymmetric(alpha, dtype):
+    # k / 2^20 and 1 - k / 2^20 are both exact in float32 and float64.
+    x = torch.arange(0, 2**20 + 1, 97, dtype=torch.float64).div(2**20).to(dtype)
+    t = Logit(alpha, cache_size=0)
+
+    assert torch.equal(t(1 - x), -t(x))
+
+    # The inverse mirrors its y <= 0 branch: inv(-y) is 1 - inv(y) for every y <= 0.
+    y = -torch.logspace(-30, 2, 200, dtype=dtype)
+    assert torch.equal(t.inv(-y), 1 - t.inv(y))
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.3])
+def test_logit_codomain_bound(alpha):
+    t = Logit(alpha)
+    bound = math.log((1 - alpha / 2) / (alpha / 2))
+
+    assert t.bound == pytest.approx(bound, rel=1e-15)
+    ends = t(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(ends, torch.tensor([-bound, bound], dtype=torch.float64))
+    assert t.codomain.lower_bound == -t.bound
+    assert t.codomain.upper_bound == t.bound
+    assert Logit(0.0).bound == math.inf
+
+
+def test_logit_inverse_is_accurate_near_one():
+    # Near 1 the mirrored sigmoid keeps the full relative precision of 1 - x.
+    t = Logit(0.0, cache_size=0)
+    x = 1 - torch.logspace(-7, -1, 50, dtype=torch.float32)
+
+    assert torch.equal(t.inv(t(x)), x)

@@ -1,0 +1,26 @@
+# Set-up and common tasks. Every target creates the virtual environment on first use:
+# torch 2.13.0 first (so that pip keeps that build), then flowext with all its extras.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+clean:
+	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis

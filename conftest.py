@@ -1,5 +1,7 @@
 """Shared pytest set-up: a seeded generator and `torch` in every docstring example."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,5 +16,6 @@ def _doctest_namespace(doctest_namespace):
     import flowext
 
     doctest_namespace["torch"] = torch
+    doctest_namespace["math"] = math
     for name in flowext.__all__:
         doctest_namespace[name] = getattr(flowext, name)

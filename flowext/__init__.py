@@ -5,6 +5,7 @@ their forward direction, like nflows and zuko. In a Pyro or torch `TransformedDi
 their inverses (`Logit(alpha).inv`). The nflows integration lives in `flowext.nflows`.
 """
 
+from flowext.metrics import bits_per_dim, importance_weighted_log_likelihood
 from flowext.transforms import (
     Compose,
     Dequantize,
@@ -27,7 +28,9 @@ __all__ = [
     "Logit",
     "Scale",
     "__version__",
+    "bits_per_dim",
     "call_and_ladj",
     "dequantization_pipeline",
+    "importance_weighted_log_likelihood",
     "quantize",
 ]

@@ -1,0 +1,246 @@
+"""Variational dequantization as an nflows transform (Flow++, Ho et al. 2019)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from nflows.flows.base import Flow
+from nflows.transforms.base import CompositeTransform
+from nflows.transforms.base import Transform as NflowsTransform
+from nflows.transforms.coupling import AffineCouplingTransform
+from nflows.nn.nets import ResidualNet
+from torch import nn
+
+from flowext._checks import check_num_bins, check_positive_int
+from flowext._numerics import noise_margin
+from flowext.nflows.base import StandardNormal
+from flowext.transforms.dequantize import check_integer_data, quantize
+
+__all__ = ["VariationalDequantizer", "conditional_noise_flow"]
+
+
+class VariationalDequantizer(NflowsTransform):
+    r"""nflows transform that adds learned noise: $y = x + u$ with $u \sim q(u \mid x)$.
+
+    The noise is $u = m + (1 - 2m)\,\sigma(v)$, where $v$ is drawn from a conditional nflows
+    flow $q_v(v \mid h)$ whose context $h$ is a feature map of the normalized data
+    $2x / (K - 1) - 1$, and $m$ is the margin of `Dequantize` that keeps $u$ away from the bin
+    edges in the working dtype. By the change of variables through the sigmoid,
+
+    $$\log q(u \mid x) = \log q_v(v \mid h) + \sum_i [\operatorname{softplus}(v_i)
+    + \operatorname{softplus}(-v_i)] - D \log(1 - 2m).$$
+
+    - forward: $(x + u,\ -\log q(u \mid x))$, the log-det of shape [batch]
+    - inverse: $(\operatorname{clamp}(\lfloor y \rfloor, 0, K - 1),\ 0)$
+
+    As the first transform of an nflows `Flow`, it makes `Flow.log_prob(x)` one sample of the
+    variational dequantization bound
+    $\log P(x) \ge \mathbb{E}_{q}[\log p(x + u) - \log q(u \mid x)]$, and the gradient of that
+    sample trains $q$ along with the model (the noise is reparameterized). The sign matters:
+    the log-det is $-\log q$, which is positive where $q$ is below the uniform density.
+
+    nflows' `CompositeTransform` adds log-dets in the dtype of its input, so pass integer data
+    as a floating tensor (`x.float()`) to a flow that contains this transform.
+
+    Quantization has no density, so the inverse reports a log-det of zero:
+    `Flow.sample_and_log_prob` then returns the model's density at the continuous sample,
+    before quantization.
+
+    Args:
+        num_bins: The number of levels $K$.
+        noise_flow: A conditional nflows `Flow` over $v$. `noise_flow.sample_and_log_prob(1,
+            context=h)` must return samples with $D$ elements per example, $D$ being the
+            number of elements of one data example. Its base distribution must sample in the
+            flow's dtype for `.to(torch.float64)` to work; `flowext.nflows.StandardNormal` does,
+            nflows' own does not.
+        context_net: Module that maps the normalized data (the shape of the input) to the
+            context $h$. By default the normalized data are the context.
+        validate_args: Whether to check that the data are integers in $[0, K - 1]$.
+
+    Raises:
+        ValueError: From `forward`, if the data are not integers in $[0, K - 1]$, if
+            `context_net` returns a batch of another size, or if `noise_flow` returns samples
+            with another number of elements per example.
+    """
+
+    def __init__(
+        self,
+        num_bins: int,
+        noise_flow: Flow,
+        context_net: nn.Module | None = None,
+        *,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_bins = check_num_bins(num_bins)
+        if not isinstance(noise_flow, nn.Module) or not hasattr(noise_flow, "sample_and_log_prob"):
+            raise ValueError(
+                f"noise_flow must be an nflows Flow (a module with sample_and_log_prob), got "
+                f"{type(noise_flow).__name__}"
+            )
+        self.noise_flow = noise_flow
+        self.context_net = context_net if context_net is not None else nn.Identity()
+        if not isinstance(validate_args, bool):
+            raise ValueError(f"validate_args must be True or False, got {validate_args!r}")
+        self.validate_args = validate_args
+
+    @classmethod
+    def with_coupling_flow(
+        cls,
+        num_bins: int,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        hidden_features: int = 64,
+        context_features: int = 32,
+        num_layers: int = 4,
+        validate_args: bool = True,
+    ) -> VariationalDequantizer:
+        """Build a dequantizer whose $q_v$ is an affine coupling flow conditioned on an MLP.
+
+        The context network flattens the normalized example and maps it through one hidden
+        layer to `context_features` features; the noise flow is `conditional_noise_flow` over
+        the flattened example.
+
+        Args:
+            num_bins: The number of levels $K$.
+            shape: Shape of one example, without the batch dimension, e.g. (1, 8, 8).
+            hidden_features: Width of the hidden layers.
+            context_features: Number of context features.
+            num_layers: Number of coupling layers.
+            validate_args: Whether to check that the data are integers in $[0, K - 1]$.
+
+        Examples:
+            >>> dequantizer = VariationalDequantizer.with_coupling_flow(17, (1, 8, 8))
+            >>> y, logabsdet = dequantizer(torch.randint(0, 17, (5, 1, 8, 8)))
+            >>> y.shape, logabsdet.shape
+            (torch.Size([5, 1, 8, 8]), torch.Size([5]))
+        """
+        num_features = math.prod(shape)
+        hidden_features = check_positive_int(hidden_features, "hidden_features")
+        context_features = check_positive_int(context_features, "context_features")
+        context_net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(num_features, hidden_features),
+            nn.ReLU(),
+            nn.Linear(hidden_features, context_features),
+        )
+        noise_flow = conditional_noise_flow(
+            num_features,
+            context_features,
+            hidden_features=hidden_features,
+            num_layers=num_layers,
+        )
+        return cls(num_bins, noise_flow, context_net, validate_args=validate_args)
+
+    def _working_dtype(self, inputs: torch.Tensor) -> torch.dtype:
+        """Return the dtype of the module's tensors, else of floating inputs, else the default."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        if inputs.is_floating_point():
+            return inputs.dtype
+        return torch.get_default_dtype()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map integer data in [0, K - 1] to [-1, 1], the input of the context network."""
+        return x * (2.0 / (self.num_bins - 1)) - 1.0
+
+    def sample_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw u ~ q(u|x) once per example and return (u, log q(u|x) of shape [batch]).
+
+        `x` holds integers, already in the working dtype.
+        """
+        batch = x.shape[0]
+        num_elements = math.prod(x.shape[1:])
+        margin = noise_margin(self.num_bins, x.dtype)
+
+        context = self.context_net(self.normalize(x))
+        if context.shape[0] != batch:
+            raise ValueError(
+                f"context_net must keep the batch size: it returned shape "
+                f"{tuple(context.shape)} for {batch} examples of shape {tuple(x.shape[1:])}"
+            )
+
+        v, log_q_v = self.noise_flow.sample_and_log_prob(1, context=context)
+        if v.numel() != batch * num_elements:
+            raise ValueError(
+                f"noise_flow must return {num_elements} elements per example (the size of one "
+                f"data example of shape {tuple(x.shape[1:])}), got samples of shape "
+                f"{tuple(v.shape)} for {batch} examples"
+            )
+        v = v.reshape(x.shape)
+        log_q_v = log_q_v.reshape(batch)
+
+        # log q(u|x) = log q_v(v|h) - sum log sigmoid'(v) - D log(1 - 2m), where
+        # -log sigmoid'(v) = softplus(v) + softplus(-v).
+        sigmoid_log_det = (F.softplus(v) + F.softplus(-v)).reshape(batch, -1).sum(-1)
+        log_q = log_q_v + sigmoid_log_det - num_elements * math.log1p(-2.0 * margin)
+
+        noise = torch.sigmoid(v) * (1.0 - 2.0 * margin) + margin
+        return noise, log_q
+
+    def forward(
+        self, inputs: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x + u, -log q(u|x)); the flow's own `context` is not used."""
+        if inputs.dim() < 1:
+            raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
+        if self.validate_args:
+            check_integer_data(inputs, self.num_bins, f"VariationalDequantizer(num_bins={self.num_bins})")
+
+        x = inputs.to(self._working_dtype(inputs))
+        noise, log_q = self.sample_noise(x)
+        return x + noise, -log_q
+
+    def inverse(
+        self, inputs: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (clamp(floor(y), 0, K - 1), 0): quantization, with a log-det of zero."""
+        return quantize(inputs, self.num_bins), inputs.new_zeros(inputs.shape[:1])
+
+    def extra_repr(self) -> str:
+        return f"num_bins={self.num_bins}"
+
+
+def conditional_noise_flow(
+    num_features: int,
+    context_features: int,
+    *,
+    hidden_features: int = 64,
+    num_layers: int = 4,
+    num_blocks: int = 2,
+) -> Flow:
+    """Build a conditional nflows flow of affine coupling layers over vectors.
+
+    Each layer transforms half of the features with a scale and shift computed by a residual
+    network from the other half and the context; the halves alternate between layers. The base
+    distribution is `flowext.nflows.StandardNormal`, which samples in the flow's dtype.
+
+    Args:
+        num_features: Number of features $D$ of one sample.
+        context_features: Number of context features.
+        hidden_features: Width of the residual networks.
+        num_layers: Number of coupling layers.
+        num_blocks: Number of residual blocks per network.
+    """
+    num_features = check_positive_int(num_features, "num_features")
+    num_layers = check_positive_int(num_layers, "num_layers")
+    if num_features < 2:
+        raise ValueError(f"num_features must be at least 2 for coupling layers, got {num_features}")
+
+    def make_net(in_features: int, out_features: int) -> nn.Module:
+        return ResidualNet(
+            in_features,
+            out_features,
+            hidden_features=hidden_features,
+            context_features=context_features,
+            num_blocks=num_blocks,
+        )
+
+    layers = []
+    for index in range(num_layers):
+        mask = torch.arange(num_features) % 2 == index % 2
+        layers.append(AffineCouplingTransform(mask.to(torch.int64) * 2 - 1, make_net))
+    return Flow(CompositeTransform(layers), StandardNormal([num_features]))

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo docs clean
+.PHONY: install test demo docs bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 # Build the documentation site into site/, MathJax included, failing on any warning.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Time flowext's layers against hand-written formulas, torch and nflows; prints Markdown tables.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_layers
 
 clean:
 	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,183 @@
+"""examples/train.py end to end on a tiny budget: outputs, checkpoints, resume and IDX files."""
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nflows")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPT = EXAMPLES / "train.py"
+sys.path.insert(0, str(EXAMPLES))
+
+import train  # noqa: E402
+from flowtrain.data import read_idx_images  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# A model and budget small enough for a run of a few seconds.
+TINY = [
+    "--num-layers", "2",
+    "--hidden-channels", "8",
+    "--noise-layers", "1",
+    "--noise-hidden-channels", "4",
+    "--context-channels", "2",
+    "--epochs", "1",
+    "--steps-per-epoch", "2",
+    "--batch-size", "16",
+    "--iw-samples", "2",
+    "--num-sample-images", "4",
+    "--no-progress",
+]
+
+METRIC_KEYS = {
+    "dataset", "num_bins", "image_shape", "num_dims", "num_images", "dequantization", "parameters",
+    "epochs", "best_epoch", "best_validation_bpd", "test_bpd", "test_iw_bpd", "iw_samples",
+    "train_seconds", "eval_batch_size", "eval_seconds_per_batch", "iw_eval_seconds_per_batch",
+    "sample_batch_size", "sample_seconds_per_batch", "history", "config", "training", "device",
+    "world_size", "torch_threads",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The models are tiny, and on a busy machine extra threads only wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_idx(path, images, magic=0x00000803, compress=False):
+    """Write uint8 images (N, H, W) as an IDX file; return the path."""
+    count, rows, columns = images.shape
+    data = struct.pack(">IIII", magic, count, rows, columns) + images.to(torch.uint8).numpy().tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def run_main(argv):
+    """Run the program in this process; return its exit status."""
+    return train.main([*argv, "--device", "cpu"])
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for action in train.build_parser()._actions:
+        for option in action.option_strings:
+            assert option in help_text
+        assert action.help
+    for unit in ("pixels", "images per optimization step", "noise draws M", "Adam learning rate"):
+        assert unit in help_text
+
+
+def test_variational_run_writes_outputs(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--dequantization", "variational", "--out", str(out),
+         "--device", "cpu", "--threads", "1"],
+        capture_output=True, text=True, timeout=180,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "variational dequantization: test" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["dequantization"] == "variational"
+    assert metrics["num_bins"] == 17
+    assert metrics["image_shape"] == [1, 8, 8]
+    assert metrics["parameters"]["dequantizer"] > 0
+    assert metrics["parameters"]["total"] == metrics["parameters"]["flow"] + metrics["parameters"]["dequantizer"]
+    assert 0 < metrics["test_bpd"] < 10
+    assert 0 < metrics["test_iw_bpd"] < 10
+    assert len(metrics["history"]["validation_bpd"]) == 1
+    for name in ("samples.png", "dequantization.png", "training_curve.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
+    assert not list(out.glob(".*.tmp"))
+
+    checkpoint = torch.load(out / "checkpoint_best.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["config"]["dequantization"] == "variational"
+    assert "noise_flow" in " ".join(checkpoint["model"])
+    assert checkpoint["optimizer"]["state"]
+
+
+def test_uniform_run_has_no_dequantizer_parameters(tmp_path):
+    out = tmp_path / "run"
+
+    assert run_main([*TINY, "--out", str(out)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dequantization"] == "uniform"
+    assert metrics["parameters"]["dequantizer"] == 0
+    assert metrics["world_size"] == 1
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    two_epochs = [*TINY, "--epochs", "2", "--dequantization", "variational"]
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+
+    assert run_main([*two_epochs, "--out", str(straight)]) == 0
+    assert run_main([*two_epochs, "--epochs", "1", "--out", str(first)]) == 0
+    assert run_main([*two_epochs, "--resume", str(first / "checkpoint_last.pt"), "--out", str(resumed)]) == 0
+
+    expected = torch.load(straight / "checkpoint_last.pt", weights_only=True)
+    actual = torch.load(resumed / "checkpoint_last.pt", weights_only=True)
+    assert actual["epoch"] == 2
+    assert len(actual["history"]["train_bpd"]) == 2
+    assert actual["history"]["train_bpd"] == pytest.approx(expected["history"]["train_bpd"])
+    assert actual["model"].keys() == expected["model"].keys()
+    for name, tensor in expected["model"].items():
+        assert torch.equal(actual["model"][name], tensor), name
+    assert actual["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+
+
+def test_resume_rejects_other_model(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert run_main([*TINY, "--out", str(first)]) == 0
+    capsys.readouterr()
+
+    status = run_main([*TINY, "--hidden-channels", "4", "--resume", str(first / "checkpoint_last.pt"), "--out", str(tmp_path / "second")])
+
+    assert status == 2
+    assert "--hidden-channels 8 (here 4)" in capsys.readouterr().err
+    assert not (tmp_path / "second").exists()
+
+
+def test_idx_file_trains(tmp_path):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (30, 6, 6))
+    path = write_idx(tmp_path / "images-idx3-ubyte.gz", images, compress=True)
+    out = tmp_path / "run"
+
+    assert run_main([*TINY, "--idx-images", str(path), "--out", str(out)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "idx:images-idx3-ubyte.gz"
+    assert metrics["num_bins"] == 256
+    assert metrics["image_shape"] == [1, 6, 6]
+    assert sum(metrics["num_images"].values()) == 30
+
+
+def test_read_idx_images_round_trip(tmp_path):
+    images = torch.randint(0, 256, (5, 3, 4))
+    path = write_idx(tmp_path / "plain-idx3-ubyte", images)
+
+    loaded = read_idx_images(path)
+
+    assert loaded.shape == (5, 1, 3, 4)
+    assert loaded.dtype == torch.int64
+    assert torch.equal(loaded[:, 0], images)

@@ -26,6 +26,8 @@ from flowtrain.errors import UsageError  # noqa: E402
 from flowtrain.model import DEQUANTIZATIONS, FlowConfig  # noqa: E402
 
 PROGRAM = "train.py"
+# The architecture defaults come from FlowConfig, so that the parser and the dataclass agree.
+# Shape and levels come from the data; these placeholders are never used.
 _DEFAULTS = FlowConfig(shape=(1, 2, 2), num_bins=2)
 
 
@@ -62,6 +64,17 @@ def _alpha(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help formatter that shows a default unless the help text already describes it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        described = "%(default)" in text or "default" in text.lower()
+        if not described and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser, with help text that gives each option's unit."""
     parser = argparse.ArgumentParser(
@@ -73,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             "dequantization.png, training_curve.png and checkpoints. Runs under "
             "`python -m torch.distributed.run --nproc_per_node N` with DistributedDataParallel."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
 
     data = parser.add_argument_group("data (nothing is downloaded)")

@@ -92,8 +92,8 @@ class CheckerboardAffineCoupling(Transform):
 
     The log-scale is bounded softly, $s = c \tanh(\tilde s / c)$ with $c$ = `max_log_scale`,
     so one layer scales by at most $e^{c}$, which keeps the first steps of training stable.
-    The network also sees the mask itself as an input channel, so it can tell the two kinds
-    of pixels apart at the image border, where zero padding hides the pattern.
+    The network also receives the mask as an input channel, so it can tell the two kinds of
+    pixels apart at the image border, where zero padding hides the pattern.
 
     Args:
         shape: Shape (C, H, W) of one image.

@@ -33,7 +33,7 @@ __all__ = [
 #: Magic number of an IDX file of unsigned bytes with 3 dimensions (images, rows, columns).
 IDX_UINT8_3D_MAGIC = 0x00000803
 
-#: Fixed seed of the random splits, so that every run sees the same test set.
+#: Fixed seed of the random splits, so that every run uses the same test set.
 SPLIT_SEED = 0
 
 #: Fractions of the examples (or photo blocks) that go to the validation and test sets.

@@ -1,7 +1,7 @@
 """Process group set-up for runs under torchrun, and the collective sums they need.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each process's
-environment; a plain `python` run has none of them and is rank 0 of a world of size 1.
+environment. A plain `python` run has none of them, so it is rank 0 of a world of size 1.
 """
 
 from __future__ import annotations

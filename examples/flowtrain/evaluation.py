@@ -63,7 +63,7 @@ def evaluate_bpd(
         _synchronize(batch.device)
         start = time.perf_counter()
         log_likelihood = flow.log_prob(batch)
-        total += float(log_likelihood.double().sum())
+        total += float(log_likelihood.detach().cpu().double().sum())
         seconds += time.perf_counter() - start
         calls += 1
     return _reduce(total, len(shard), seconds, calls, num_dims, context)
@@ -81,8 +81,8 @@ def evaluate_iw_bpd(
     """Return the bits per dimension of the importance-weighted bound with M = `num_samples`.
 
     flowext's `importance_weighted_log_likelihood` combines M draws per image with a
-    log-mean-exp; no call of `flow.log_prob` receives more than `batch_size` images (the
-    images repeated for several draws count as separate images).
+    log-mean-exp. No call of `flow.log_prob` receives more than `batch_size` images, counting
+    each repeated draw of an image as one image.
     """
     flow.eval()
     shard = images[context.rank :: context.world_size]
@@ -99,7 +99,7 @@ def evaluate_iw_bpd(
         _synchronize(chunk.device)
         start = time.perf_counter()
         estimate = importance_weighted_log_likelihood(log_prob, chunk, num_samples, batch_size=batch_size)
-        total += float(estimate.double().sum())
+        total += float(estimate.detach().cpu().double().sum())
         seconds += time.perf_counter() - start
     return _reduce(total, len(shard), seconds, calls, num_dims, context)
 

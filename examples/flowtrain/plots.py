@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -104,7 +105,8 @@ def save_dequantization_histogram(
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5))
     for values, name, style in ((uniform_values, "uniform", "step"), (model_values, label, "stepfilled")):
         top.hist(values[inside].numpy(), bins=edges, density=True, histtype=style, alpha=0.6, label=name)
-    top.set_xlabel(f"dequantized value x + u (levels {first} to {last} of 0 to {num_bins - 1})")
+    shown = "all levels" if last - first + 1 == num_bins else f"levels {first} to {last} of 0 to {num_bins - 1}"
+    top.set_xlabel(f"dequantized value x + u ({shown})")
     top.set_ylabel("density")
     top.legend()
 
@@ -127,6 +129,7 @@ def save_training_curve(path: str | Path, train_bpd: list[float], validation_bpd
     epochs = np.arange(1, len(train_bpd) + 1)
     axis.plot(epochs, train_bpd, marker="o", label="training (mean over the epoch)")
     axis.plot(epochs, validation_bpd, marker="s", label="validation (one noise draw)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("bits per dimension")
     axis.grid(alpha=0.3)

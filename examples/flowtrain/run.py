@@ -107,7 +107,7 @@ def parameter_digest(module: torch.nn.Module) -> str:
 
 
 def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
-    """Train and evaluate as the options say; return the metrics on rank 0, None on others.
+    """Train and evaluate as the options request; return the metrics on rank 0, None on others.
 
     Raises:
         UsageError: For invalid input, before anything is written.

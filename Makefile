@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Uniform against variational dequantization on the digits: two trainings side by side, then a
+# table of test bits per dimension (a few minutes on 2 CPU cores).
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/compare_dequantization.py --out runs/demo
 
 # Build the documentation site into site/, MathJax included, failing on any warning.
 docs: $(STAMP)

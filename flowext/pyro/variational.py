@@ -49,9 +49,13 @@ class VariationalDequantization(TransformModule):
     Torch's `TransformedDistribution.log_prob` calls the inverse, then the log-det as a
     separate call. The inverse therefore keeps $\log q$ of its latest draw, for the tensor it
     returned, and the log-det call with that tensor uses it and clears it. A log-det call with
-    any other $z$ (a copy, or a value that torch's `ComposeTransform` recomputes) evaluates
-    $\log q(z - x \mid x)$ with the noise flow's `log_prob` instead, which is $-\infty$ where
-    $z - x$ lies outside the noise interval $[m, 1 - m]$ ($m$ is the margin of `Dequantize`).
+    any other $z$ evaluates $\log q(z - x \mid x)$ with the noise flow's `log_prob` instead.
+    That value is $-\infty$ where $z - x$ lies outside the noise interval $[m, 1 - m]$, with $m$
+    the margin of `Dequantize`. Such calls come from copies of $z$ and from torch's
+    `ComposeTransform`, which recomputes $z$ when the transforms before this one have no cache.
+
+    Each inverse call draws one $u$ per example of the value it receives. Pyro's vectorized
+    particles (`vectorize_particles=True`) broadcast an observed value, so they share one draw.
 
     The map is not bijective, so `sign` raises `NotImplementedError`, and so do the `cdf` and
     `icdf` of a distribution that uses it.
@@ -266,7 +270,7 @@ class VariationalDequantization(TransformModule):
         v = torch.logit(torch.where(outside, torch.full_like(squashed, 0.5), squashed))
 
         # NOTE: this assumes a noise flow over flat vectors of the example's elements, as
-        # `conditional_noise_flow` builds; other noise flows need the x of the inverse call.
+        # `conditional_noise_flow` builds. Other noise flows work only through the inverse call.
         context = dequantizer.context_net(dequantizer.normalize(data))
         log_q_v = dequantizer.noise_flow.log_prob(v.reshape(num_examples, num_elements), context=context)
 

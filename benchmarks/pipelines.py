@@ -32,6 +32,7 @@ __all__ = [
     "TorchPipeline",
     "TutorialFormulas",
     "build_candidates",
+    "noise_only",
     "reference_tail",
 ]
 
@@ -208,6 +209,14 @@ def build_candidates(
         TorchPipeline(num_bins, alpha),
         NflowsPipeline(num_bins, alpha, device),
     ]
+
+
+def noise_only(x: torch.Tensor) -> torch.Tensor:
+    """Return x plus uniform noise, the one draw that every candidate's forward makes.
+
+    No pipeline can take less time than this draw, so its time is the floor of the forward.
+    """
+    return x + torch.rand_like(x)
 
 
 def reference_tail(y: torch.Tensor, num_bins: int, alpha: float) -> Pair:

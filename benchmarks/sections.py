@@ -11,7 +11,7 @@ import torch
 from benchmarks.compiled import compile_call, count_graph_breaks
 from benchmarks.dequantizers import UNIFORM, scale_and_logit, with_each_dequantizer
 from benchmarks.measure import check_memory_method, cycle_inputs, memory_method
-from benchmarks.pipelines import FlowextPipeline, reference_tail
+from benchmarks.pipelines import FlowextPipeline, noise_only, reference_tail
 from benchmarks.report import (
     environment_lines,
     format_mib,
@@ -22,6 +22,7 @@ from benchmarks.report import (
 from benchmarks.settings import (
     FLOWEXT_CHECKED,
     HAND,
+    NOISE_ONLY,
     TIME_HEADERS,
     Results,
     Settings,
@@ -131,10 +132,16 @@ def section_agreement(settings: Settings) -> None:
 def section_forward(settings: Settings, results: Results) -> None:
     emit("## Forward, eager: data to logit space with the per-example log-det")
     emit()
+    emit(
+        f"The row '{NOISE_ONLY}' draws the uniform noise and adds it, which every candidate "
+        f"does, so no candidate can be faster than it."
+    )
+    emit()
     rows = []
     for shape in settings.shapes:
         x = integer_batch(shape, settings)
         calls = {c.name: functools.partial(c.forward, x) for c in candidates_for(shape, settings)}
+        calls[NOISE_ONLY] = functools.partial(noise_only, x)
         timings, shape_rows = timing_rows(shape_text(shape), calls, HAND, settings)
         results.eager[shape_text(shape)] = timings
         rows += shape_rows
@@ -268,6 +275,10 @@ def section_compiled(settings: Settings, results: Results) -> None:
                 breaks[candidate.name].breaks_text,
                 f"{result.first_call_seconds:.1f}",
             ]
+        noise = compile_call(noise_only, (x,), settings.device, settings.compile_backend)
+        if noise.call is not None:
+            calls[NOISE_ONLY] = noise.call
+            extra[NOISE_ONLY] = ["", f"{noise.first_call_seconds:.1f}"]
         eager_name = f"{HAND}, eager"
         calls[eager_name] = functools.partial(candidates[0].forward, x)
         extra[eager_name] = ["", ""]

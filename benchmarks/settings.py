@@ -20,6 +20,7 @@ HAND = "hand-written"
 FLOWEXT_CHECKED = "flowext (validate_args=True)"
 FLOWEXT_UNCHECKED = "flowext (validate_args=False)"
 TORCH = "torch transforms"
+NOISE_ONLY = "noise only: x + rand_like(x)"
 
 
 @dataclass(frozen=True)

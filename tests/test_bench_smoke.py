@@ -61,10 +61,11 @@ def test_quick_run_prints_every_table():
         assert heading in output, f"missing section {heading!r}"
 
     forward = table_after(output, "## Forward, eager")
-    # A header, a rule, and one row per candidate for each of the 3 quick shapes.
-    assert len(forward) == 2 + 3 * len(CANDIDATES)
-    for name in CANDIDATES:
-        assert any(f"| {name} " in line for line in forward), name
+    # A header, a rule, and for each of the 3 quick shapes one row per candidate and one for
+    # the noise alone.
+    assert len(forward) == 2 + 3 * (len(CANDIDATES) + 1)
+    for name in [*CANDIDATES, "noise only"]:
+        assert any(f"| {name}" in line for line in forward), name
 
     compiled = "\n".join(table_after(output, "## Forward under torch.compile"))
     assert "Logit(alpha).call_and_ladj" in compiled

@@ -15,7 +15,7 @@ from nflows.transforms import CompositeTransform, ReversePermutation
 from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.nn.nets import ResidualNet
 
-from flowext import Scale, bits_per_dim, dequantization_pipeline
+from flowext import bits_per_dim, dequantization_pipeline
 from flowext._numerics import noise_margin
 from flowext.nflows import StandardNormal, TransformAdapter, VariationalDequantizer
 
@@ -214,7 +214,7 @@ def test_digits_model_trains_and_loss_falls():
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
 
     losses = []
-    for step in range(150):
+    for _ in range(150):
         batch = images[torch.randint(0, 512, (64,))]
         loss = -flow.log_prob(batch).mean() / 64
         optimizer.zero_grad()
@@ -226,3 +226,27 @@ def test_digits_model_trains_and_loss_falls():
     last = sum(losses[-20:]) / 20
     assert last < first - 0.3
     assert math.isfinite(last)
+
+
+def test_empty_batch():
+    dequantizer = VariationalDequantizer.with_coupling_flow(17, (8,))
+
+    y, logabsdet = dequantizer(torch.zeros(0, 8))
+
+    assert y.shape == (0, 8)
+    assert logabsdet.shape == (0,)
+
+
+def test_log_q_matches_the_draw_and_is_minus_inf_outside():
+    dequantizer = VariationalDequantizer.with_coupling_flow(17, (1, 2, 3)).double()
+    x = torch.randint(0, 17, (5, 1, 2, 3)).double()
+
+    noise, log_q = dequantizer.sample_noise(x)
+
+    torch.testing.assert_close(dequantizer.log_q(x, noise), log_q, rtol=1e-6, atol=1e-6)
+    outside = noise.clone()
+    outside[0, 0, 0, 0] = 0.0
+    assert dequantizer.log_q(x, outside)[0] == -math.inf
+    assert bool(torch.isfinite(dequantizer.log_q(x, outside)[1:]).all())
+    with pytest.raises(ValueError, match=r"noise must have the shape of x, got \(5, 6\) and \(5, 1, 2, 3\)"):
+        dequantizer.log_q(x, noise.reshape(5, 6))

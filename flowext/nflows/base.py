@@ -20,7 +20,7 @@ class StandardNormal(NflowsStandardNormal):
         shape: Shape of one sample, without the batch dimension.
     """
 
-    def __init__(self, shape) -> None:
+    def __init__(self, shape: tuple[int, ...] | torch.Size) -> None:
         super().__init__(shape)
         self.register_buffer("_dtype_anchor", torch.zeros(()), persistent=False)
 

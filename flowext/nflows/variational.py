@@ -57,6 +57,9 @@ class VariationalDequantizer(NflowsTransform):
             nflows' own does not.
         context_net: Module that maps the normalized data (the shape of the input) to the
             context $h$. By default the normalized data are the context.
+        noise_shape: Shape of one sample of `noise_flow`, without the batch dimension, which
+            `log_q` needs to evaluate the flow's density. By default a flat vector of $D$
+            elements. Sampling works with any shape of $D$ elements.
         validate_args: Whether to check that the data are integers in $[0, K - 1]$.
 
     Raises:
@@ -71,6 +74,7 @@ class VariationalDequantizer(NflowsTransform):
         noise_flow: Flow,
         context_net: nn.Module | None = None,
         *,
+        noise_shape: tuple[int, ...] | None = None,
         validate_args: bool = True,
     ) -> None:
         super().__init__()
@@ -82,6 +86,7 @@ class VariationalDequantizer(NflowsTransform):
             )
         self.noise_flow = noise_flow
         self.context_net = context_net if context_net is not None else nn.Identity()
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         if not isinstance(validate_args, bool):
             raise ValueError(f"validate_args must be True or False, got {validate_args!r}")
         self.validate_args = validate_args
@@ -134,8 +139,11 @@ class VariationalDequantizer(NflowsTransform):
         )
         return cls(num_bins, noise_flow, context_net, validate_args=validate_args)
 
-    def _working_dtype(self, inputs: torch.Tensor) -> torch.dtype:
-        """Return the dtype of the module's tensors, else of floating inputs, else the default."""
+    def working_dtype(self, inputs: torch.Tensor) -> torch.dtype:
+        """Return the dtype of the computation: the module's, else that of floating `inputs`.
+
+        Modules without floating-point tensors and integer inputs give torch's default dtype.
+        """
         for tensor in (*self.parameters(), *self.buffers()):
             if tensor.is_floating_point():
                 return tensor.dtype
@@ -147,6 +155,16 @@ class VariationalDequantizer(NflowsTransform):
         """Map integer data in [0, K - 1] to [-1, 1], the input of the context network."""
         return x * (2.0 / (self.num_bins - 1)) - 1.0
 
+    def _context(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        context = self.context_net(self.normalize(x))
+        if context.shape[0] != batch:
+            raise ValueError(
+                f"context_net must keep the batch size: it returned shape "
+                f"{tuple(context.shape)} for {batch} examples of shape {tuple(x.shape[1:])}"
+            )
+        return context
+
     def sample_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw u ~ q(u|x) once per example and return (u, log q(u|x) of shape [batch]).
 
@@ -155,15 +173,10 @@ class VariationalDequantizer(NflowsTransform):
         batch = x.shape[0]
         num_elements = math.prod(x.shape[1:])
         margin = noise_margin(self.num_bins, x.dtype)
+        if batch == 0:
+            return torch.zeros_like(x), x.new_zeros(0)
 
-        context = self.context_net(self.normalize(x))
-        if context.shape[0] != batch:
-            raise ValueError(
-                f"context_net must keep the batch size: it returned shape "
-                f"{tuple(context.shape)} for {batch} examples of shape {tuple(x.shape[1:])}"
-            )
-
-        v, log_q_v = self.noise_flow.sample_and_log_prob(1, context=context)
+        v, log_q_v = self.noise_flow.sample_and_log_prob(1, context=self._context(x))
         if v.numel() != batch * num_elements:
             raise ValueError(
                 f"noise_flow must return {num_elements} elements per example (the size of one "
@@ -171,15 +184,55 @@ class VariationalDequantizer(NflowsTransform):
                 f"{tuple(v.shape)} for {batch} examples"
             )
         v = v.reshape(x.shape)
-        log_q_v = log_q_v.reshape(batch)
-
-        # log q(u|x) = log q_v(v|h) - sum log sigmoid'(v) - D log(1 - 2m), where
-        # -log sigmoid'(v) = softplus(v) + softplus(-v).
-        sigmoid_log_det = (F.softplus(v) + F.softplus(-v)).reshape(batch, -1).sum(-1)
-        log_q = log_q_v + sigmoid_log_det - num_elements * math.log1p(-2.0 * margin)
+        log_q = log_q_v.reshape(batch) + self._log_q_correction(v, margin)
 
         noise = torch.sigmoid(v) * (1.0 - 2.0 * margin) + margin
         return noise, log_q
+
+    def log_q(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Return log q(u|x) for given noise u, of shape [batch]; -inf outside [m, 1 - m].
+
+        This evaluates the noise flow's density at v = logit((u - m) / (1 - 2m)), so it needs
+        `noise_shape` to match the noise flow (a flat vector unless set otherwise).
+
+        Args:
+            x: A batch of integer data, with the batch dimension first.
+            noise: The noise u, of the same shape as `x`.
+
+        Raises:
+            ValueError: If `noise` and `x` differ in shape.
+        """
+        if noise.shape != x.shape:
+            raise ValueError(
+                f"noise must have the shape of x, got {tuple(noise.shape)} and {tuple(x.shape)}"
+            )
+        dtype = self.working_dtype(noise)
+        x, noise = x.to(dtype), noise.to(dtype)
+        batch = x.shape[0]
+        margin = noise_margin(self.num_bins, dtype)
+        if batch == 0:
+            return x.new_zeros(0)
+
+        # Invert u = m + (1 - 2m) sigmoid(v). Points outside the interval get a placeholder v
+        # and log q = -inf at the end.
+        squashed = (noise - margin) / (1.0 - 2.0 * margin)
+        inside = (squashed > 0) & (squashed < 1)
+        outside = (~inside).reshape(batch, -1).any(-1)
+        v = torch.logit(torch.where(inside, squashed, 0.5))
+
+        noise_shape = self.noise_shape or (math.prod(x.shape[1:]),)
+        log_q_v = self.noise_flow.log_prob(v.reshape(batch, *noise_shape), context=self._context(x))
+        log_q = log_q_v.reshape(batch) + self._log_q_correction(v, margin)
+        return torch.where(outside, -math.inf, log_q)
+
+    def _log_q_correction(self, v: torch.Tensor, margin: float) -> torch.Tensor:
+        """Return log q(u|x) - log q_v(v|h) per example: the sigmoid and the margin terms."""
+        # log q(u|x) = log q_v(v|h) - sum log sigmoid'(v) - D log(1 - 2m), where
+        # -log sigmoid'(v) = softplus(v) + softplus(-v).
+        batch = v.shape[0]
+        num_elements = math.prod(v.shape[1:])
+        sigmoid_log_det = (F.softplus(v) + F.softplus(-v)).reshape(batch, num_elements).sum(-1)
+        return sigmoid_log_det - num_elements * math.log1p(-2.0 * margin)
 
     def forward(
         self, inputs: torch.Tensor, context: torch.Tensor | None = None
@@ -190,7 +243,7 @@ class VariationalDequantizer(NflowsTransform):
         if self.validate_args:
             check_integer_data(inputs, self.num_bins, f"VariationalDequantizer(num_bins={self.num_bins})")
 
-        x = inputs.to(self._working_dtype(inputs))
+        x = inputs.to(self.working_dtype(inputs))
         noise, log_q = self.sample_noise(x)
         return x + noise, -log_q
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import constraints
 
 from flowext._checks import check_cache_size, check_event_dim
-from flowext._numerics import noise_margin
 from flowext.nflows.variational import VariationalDequantizer
 from flowext.transforms.dequantize import quantize
 
@@ -220,17 +217,10 @@ class VariationalDequantization(TransformModule):
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         batch_shape, event_shape = self._split_shape(y, "the data")
 
-        if math.prod(batch_shape) == 0:
-            # VariationalDequantizer.sample_noise fails to reshape an empty batch, and there is
-            # nothing to draw.
-            dtype = self.dequantizer._working_dtype(y)
-            z = y.to(dtype).clone()
-            log_q = y.new_zeros(batch_shape, dtype=dtype)
-        else:
-            # The dequantizer draws one u per example of a flat batch.
-            continuous, minus_log_q = self.dequantizer(y.reshape(-1, *event_shape))
-            z = continuous.reshape(y.shape)
-            log_q = -minus_log_q.reshape(batch_shape)
+        # The dequantizer draws one u per example of a flat batch.
+        continuous, minus_log_q = self.dequantizer(y.reshape(-1, *event_shape))
+        z = continuous.reshape(y.shape)
+        log_q = -minus_log_q.reshape(batch_shape)
 
         self._pending = (weakref.ref(z), log_q)
         return z
@@ -256,29 +246,10 @@ class VariationalDequantization(TransformModule):
                 f"{tuple(continuous.shape)} and {tuple(data.shape)}"
             )
 
-        dequantizer = self.dequantizer
-        dtype = dequantizer._working_dtype(continuous)
-        margin = noise_margin(self.num_bins, dtype)
+        dtype = self.dequantizer.working_dtype(continuous)
         data = data.reshape(-1, *event_shape).to(dtype)
-        num_examples = data.shape[0]
-        num_elements = math.prod(event_shape)
-
-        # Invert u = m + (1 - 2m) sigmoid(v). Points outside the interval get a placeholder v
-        # and log q = -inf at the end.
-        squashed = (continuous.reshape(data.shape).to(dtype) - data - margin) / (1.0 - 2.0 * margin)
-        outside = (squashed <= 0) | (squashed >= 1)
-        v = torch.logit(torch.where(outside, torch.full_like(squashed, 0.5), squashed))
-
-        # NOTE: this assumes a noise flow over flat vectors of the example's elements, as
-        # `conditional_noise_flow` builds. Other noise flows work only through the inverse call.
-        context = dequantizer.context_net(dequantizer.normalize(data))
-        log_q_v = dequantizer.noise_flow.log_prob(v.reshape(num_examples, num_elements), context=context)
-
-        # log q(u|x) = log q_v(v|h) - sum log sigmoid'(v) - D log(1 - 2m), as in sample_noise.
-        sigmoid_log_det = (F.softplus(v) + F.softplus(-v)).reshape(num_examples, num_elements).sum(-1)
-        log_q = log_q_v + sigmoid_log_det - num_elements * math.log1p(-2.0 * margin)
-        log_q = torch.where(outside.reshape(num_examples, num_elements).any(-1), -math.inf, log_q)
-        return log_q.reshape(batch_shape)
+        noise = continuous.reshape(data.shape).to(dtype) - data
+        return self.dequantizer.log_q(data, noise).reshape(batch_shape)
 
     # -- Printing and pickling --------------------------------------------------------------
 

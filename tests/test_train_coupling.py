@@ -138,7 +138,8 @@ def test_coupling_rejects_wrong_shape():
 
 @pytest.mark.parametrize("dequantization", ["uniform", "variational"])
 def test_flow_log_prob_matches_autograd_after_dequantization(dequantization):
-    # Fix the noise, then compare the flow's log-det from logit space on with autograd.
+    # Draw the noise once, then compare the log-det of the transforms after the dequantizer
+    # (Scale, Logit and the couplings) with autograd.
     torch.manual_seed(8)
     config = FlowConfig(
         shape=(3, 4, 4), num_bins=17, dequantization=dequantization, num_layers=2, hidden_channels=8,

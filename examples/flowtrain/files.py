@@ -51,8 +51,10 @@ def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
         handle.write(text.encode("utf-8"))
 
 
-def prepare_output_dir(path: str | os.PathLike[str]) -> Path:
+def prepare_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Create the output folder if needed and check that files can be written in it.
+
+    `option` is the command-line option that named the folder, for the error message.
 
     The check creates and removes one temporary file, so it also catches read-only file
     systems and permissions that `os.access` misreports.
@@ -63,8 +65,8 @@ def prepare_output_dir(path: str | os.PathLike[str]) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(
-            f"the output folder --out {str(folder)!r} is an existing file, not a folder. "
-            f"Pass --out with a folder path."
+            f"the output folder {option} {str(folder)!r} is an existing file, not a folder. "
+            f"Pass {option} with a folder path."
         )
     try:
         os.makedirs(folder, exist_ok=True)
@@ -74,7 +76,7 @@ def prepare_output_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as error:
         reason = error.strerror or str(error)
         raise UsageError(
-            f"cannot write to the output folder --out {str(folder)!r}: {reason}. "
-            f"Pass --out with a folder you can write to."
+            f"cannot write to the output folder {option} {str(folder)!r}: {reason}. "
+            f"Pass {option} with a folder you can write to."
         ) from None
     return folder

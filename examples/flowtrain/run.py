@@ -133,7 +133,7 @@ def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
     rank = world_from_environment()[0]
     output_dir = prepare_output_dir(options.out) if rank == 0 else Path(options.out)
     if options.digest_dir is not None:
-        prepare_output_dir(options.digest_dir)
+        prepare_output_dir(options.digest_dir, "--digest-dir")
 
     context = init_distributed(device_type)
     try:

@@ -75,7 +75,7 @@ def power_dequantizer(a: float, features: int = 1) -> VariationalDequantizer:
 
 
 def exact_power_bound(a: float) -> float:
-    """The bound for the model uniform on [0, 256) and q(u|x) = (a + 1) u^a, without margin."""
+    """Return the bound for the model uniform on [0, 256) and q(u|x) = (a + 1) u^a, no margin."""
     return -math.log(NUM_BINS) - math.log1p(a) + a / (a + 1)
 
 

@@ -75,11 +75,13 @@ def test_uniform_dequantizer_log_det_and_quantization():
     x = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
 
     y, logabsdet = layer(x)
-    x_back, _ = layer.inverse(y)
+    x_back, inverse_logabsdet = layer.inverse(y)
 
     m = noise_margin(256, torch.float32)
     torch.testing.assert_close(logabsdet, torch.full((6,), 48 * math.log1p(-2 * m)))
     assert torch.equal(x_back, x.float())
+    # Quantization reports a log-det of zero, as VariationalDequantizer's inverse does.
+    assert torch.equal(inverse_logabsdet, torch.zeros(6))
 
 
 def test_flow_with_uniform_dequantizer_gives_eight_bits_for_uniform_model():

@@ -77,12 +77,16 @@ class UniformDequantizer(TransformAdapter):
     r"""nflows transform for uniform dequantization: `TransformAdapter(Dequantize(K))`.
 
     - forward: $y = x + u$ with $u \sim \mathcal{U}[m, 1 - m]$, logabsdet $D \log(1 - 2m)$
-    - inverse: $x = \operatorname{clamp}(\lfloor y \rfloor, 0, K - 1)$, logabsdet $-D \log(1 - 2m)$
+    - inverse: $x = \operatorname{clamp}(\lfloor y \rfloor, 0, K - 1)$, logabsdet 0
 
     As the first transform of an nflows `Flow`, it makes `Flow.log_prob(x)` one sample of the
     dequantization bound $\log p(x + u) - \log q(u \mid x)$ with $q$ uniform on the bin (up to
     the margin $m$ that `Dequantize` explains). nflows' `CompositeTransform` adds log-dets in
     the dtype of its input, so pass integer data as a floating tensor (`x.float()`).
+
+    Quantization has no density, so the inverse reports a log-det of zero, as
+    `VariationalDequantizer` does: `Flow.sample_and_log_prob` then returns the model's density
+    at the continuous sample, before quantization.
 
     Args:
         num_bins: The number of levels $K$.
@@ -102,3 +106,9 @@ class UniformDequantizer(TransformAdapter):
         super().__init__(
             Dequantize(num_bins, dtype=dtype, generator=generator, validate_args=validate_args)
         )
+
+    def inverse(
+        self, inputs: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (clamp(floor(y), 0, K - 1), 0): quantization, with a log-det of zero."""
+        return self.transform.inv(inputs), inputs.new_zeros(inputs.shape[:1])

@@ -193,7 +193,9 @@ class VariationalDequantizer(NflowsTransform):
         """Return log q(u|x) for given noise u, of shape [batch]; -inf outside [m, 1 - m].
 
         This evaluates the noise flow's density at v = logit((u - m) / (1 - 2m)), so it needs
-        `noise_shape` to match the noise flow (a flat vector unless set otherwise).
+        `noise_shape` to match the noise flow (a flat vector unless set otherwise). At the
+        endpoints m and 1 - m, where the logit is infinite, it uses the nearest value inside,
+        so it can differ there from the log q that `sample_noise` reported for the same draw.
 
         Args:
             x: A batch of integer data, with the batch dimension first.
@@ -216,9 +218,13 @@ class VariationalDequantizer(NflowsTransform):
         # Invert u = m + (1 - 2m) sigmoid(v). Points outside the interval get a placeholder v
         # and log q = -inf at the end.
         squashed = (noise - margin) / (1.0 - 2.0 * margin)
-        inside = (squashed > 0) & (squashed < 1)
-        outside = (~inside).reshape(batch, -1).any(-1)
-        v = torch.logit(torch.where(inside, squashed, 0.5))
+        outside = ((squashed < 0) | (squashed > 1)).reshape(batch, -1).any(-1)
+
+        # Rounding puts the noise of large |v| exactly on m or 1 - m (in float32 for v above
+        # about 17), where the logit is infinite. Those points are evaluated at the nearest
+        # value inside, so a draw never scores -inf.
+        info = torch.finfo(dtype)
+        v = torch.logit(squashed.nan_to_num(0.5).clamp(info.tiny, 1.0 - info.eps / 2))
 
         noise_shape = self.noise_shape or (math.prod(x.shape[1:]),)
         log_q_v = self.noise_flow.log_prob(v.reshape(batch, *noise_shape), context=self._context(x))

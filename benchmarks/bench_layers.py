@@ -11,6 +11,9 @@ Run from the repository root:
     python -m benchmarks.bench_layers            # full run, a few minutes on a CPU
     python -m benchmarks.bench_layers --quick    # smoke run with tiny shapes
     python -m benchmarks.bench_layers --device cuda
+
+NOTE: the CUDA path has not been run yet. It synchronizes around each timed block and measures
+memory with torch.cuda.max_memory_allocated, but no figures on a GPU back it.
 """
 
 from __future__ import annotations

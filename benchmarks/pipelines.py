@@ -47,7 +47,7 @@ def _event_dims(x: torch.Tensor) -> tuple[int, ...]:
 
 
 class Candidate:
-    """One way to write the pipeline; subclasses define `name`, `tail` and `inverse`."""
+    """One way to write the pipeline. Subclasses define `name`, `tail` and `inverse`."""
 
     name: str
 
@@ -144,10 +144,10 @@ class NflowsPipeline(Candidate):
     1 - alpha) and Logit() in a CompositeTransform.
 
     nflows' Logit is the inverse of its Sigmoid transform. Its forward raises
-    InputOutsideDomain when any input lies outside [0, 1], which reads the data (a device
-    synchronization), clamps the input s to [eps, 1 - eps] with eps = 1e-6, returns
-    z = log s - log1p(-s) and computes the log-det from the output as softplus(z) +
-    softplus(-z) = -log s - log(1 - s), summed per example. Where the clamp applies, that
+    InputOutsideDomain when any input lies outside [0, 1], a check that reads the data (a
+    device synchronization). It then clamps the input s to [eps, 1 - eps] with eps = 1e-6,
+    returns z = log s - log1p(-s) and computes the log-det from the output, as softplus(z) +
+    softplus(-z) = -log s - log(1 - s) summed per example. Where the clamp applies, that
     log-det belongs to the clamped value, not to the true slope of the map, which is 0
     there. With alpha = 0.05 the squashed values stay in [0.025, 0.975] and the clamp never
     applies.

@@ -196,3 +196,17 @@ def test_dequantize_constraints():
     assert bool(t.codomain.check(torch.tensor(16.99)))
     assert not bool(t.codomain.check(torch.tensor(17.0)))
     assert t.domain.is_discrete
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16], ids=str)
+def test_dequantize_validates_small_integer_dtypes(dtype):
+    # num_bins - 1 can exceed the dtype's range; the check must neither overflow nor pass bad data.
+    top = min(torch.iinfo(dtype).max, 999)
+    t = Dequantize(1000)
+
+    assert t(torch.tensor([0, top], dtype=dtype)).shape == (2,)
+    if torch.iinfo(dtype).min < 0:
+        with pytest.raises(ValueError, match=r"expects integers in \[0, 999\], got -1"):
+            t(torch.tensor([3, -1], dtype=dtype))
+    with pytest.raises(ValueError, match=r"expects integers in \[0, 99\], got 100"):
+        Dequantize(100)(torch.tensor([3, 100], dtype=dtype))

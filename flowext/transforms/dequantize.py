@@ -17,15 +17,21 @@ __all__ = ["Dequantize", "check_integer_data", "quantize"]
 def check_integer_data(x: torch.Tensor, num_bins: int, owner: str) -> None:
     """Raise `ValueError` unless every element of `x` is an integer in [0, num_bins - 1].
 
-    Meta tensors hold no values and pass unchecked.
+    Meta tensors hold no values and pass unchecked, and so do bool tensors, whose values 0 and 1
+    are valid for any number of bins.
     """
-    if x.is_meta:
+    if x.is_meta or x.dtype == torch.bool:
         return
 
-    invalid = (x < 0) | (x > num_bins - 1)
+    # An element is valid when clamping to [0, K - 1] (and, for floats, rounding down) leaves it
+    # unchanged. NaN fails too, since NaN != NaN. Three passes over the data in all.
+    upper = num_bins - 1
+    if not x.is_floating_point():
+        upper = min(upper, torch.iinfo(x.dtype).max)  # a bound the dtype can hold
+    valid_value = x.clamp(0, upper)
     if x.is_floating_point():
-        # NaN fails this test too, since NaN != NaN.
-        invalid = invalid | (x != torch.floor(x))
+        valid_value = valid_value.floor_()
+    invalid = valid_value != x
     if not bool(invalid.any()):
         return
 

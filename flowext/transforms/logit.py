@@ -106,17 +106,20 @@ class Logit(ElementwiseTransform):
 
     def _inverse_parts(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return x, -|y| and exp(-|y|), which the inverse log-det reuses."""
+        positive = y > 0
+
         # -|y| written with where, because the gradient of abs at 0 is 0 and would make the
         # gradient of the whole inverse vanish at y = 0.
-        negative = torch.where(y > 0, -y, y)
+        negative = torch.where(positive, -y, y)
         decay = torch.exp(negative)
 
         # sigmoid(-|y|) lies in (0, 1/2], where it has its full relative precision. For y > 0,
         # x = 1 - (sigmoid(-y) - alpha/2) / (1 - alpha), the mirror image of the y <= 0 branch.
         lower = decay / (1 + decay)
         if self.alpha != 0.0:
-            lower = (lower - self._half_alpha) / self._slope
-        x = torch.where(y > 0, 1 - lower, lower)
+            # In place: the division saved its inputs for autograd, not its output.
+            lower = lower.sub_(self._half_alpha).div_(self._slope)
+        x = torch.where(positive, 1 - lower, lower)
         return x, negative, decay
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch.distributions import Independent, Normal, TransformedDistribution, Un
 
 from flowext import Compose, Dequantize, Logit, Scale
 from flowext._numerics import log1m_two_margin, noise_margin, resolvable_bins
+from helpers import assert_quoted, table_rows
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -26,25 +27,12 @@ def page(name: str) -> str:
     return (DOCS / name).read_text()
 
 
-def assert_quoted(text: str, snippet: str) -> None:
-    assert snippet in text, f"the page does not show {snippet!r}"
-
 
 def latex_scientific(value: float, digits: int = 2) -> str:
     """Format 0.000249 as '2.49 \\times 10^{-4}', the way the pages write small numbers."""
     mantissa, exponent = f"{value:.{digits}e}".split("e")
     return f"{mantissa} \\times 10^{{{int(exponent)}}}"
 
-
-def table_rows(text: str, first_cell: str) -> list[list[str]]:
-    """Return the cells of every Markdown table row whose first cell is `first_cell`."""
-    rows = []
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            rows.append(cells)
-    assert rows, f"no table row starting with {first_cell!r}"
-    return rows
 
 
 # -- Logit ---------------------------------------------------------------------------------

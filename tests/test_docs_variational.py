@@ -26,6 +26,7 @@ from torch.distributions.transforms import ReshapeTransform
 from flowext import Logit, Scale, bits_per_dim, importance_weighted_log_likelihood
 from flowext._numerics import noise_margin
 from flowext.nflows import StandardNormal, TransformAdapter, UniformDequantizer, VariationalDequantizer
+from helpers import assert_quoted, table_rows
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 THEORY_PAGE = ROOT / "docs" / "theory" / "variational-dequantization.md"
@@ -33,20 +34,6 @@ GUIDE_PAGE = ROOT / "docs" / "guides" / "nflows.md"
 NUM_BINS = 256
 
 
-def assert_quoted(text: str, snippet: str) -> None:
-    """Assert that `snippet` appears in `text`, where any run of whitespace matches any other."""
-    assert " ".join(snippet.split()) in " ".join(text.split()), f"the page does not show {snippet!r}"
-
-
-def table_rows(text: str, first_cell: str) -> list[list[str]]:
-    """Return the cells of every Markdown table row whose first cell is `first_cell`."""
-    rows = []
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            rows.append(cells)
-    assert rows, f"no table row starting with {first_cell!r}"
-    return rows
 
 
 class PowerNoise(Distribution):

@@ -27,12 +27,10 @@ def page(name: str) -> str:
     return (DOCS / name).read_text()
 
 
-
 def latex_scientific(value: float, digits: int = 2) -> str:
     """Format 0.000249 as '2.49 \\times 10^{-4}', the way the pages write small numbers."""
     mantissa, exponent = f"{value:.{digits}e}".split("e")
     return f"{mantissa} \\times 10^{{{int(exponent)}}}"
-
 
 
 # -- Logit ---------------------------------------------------------------------------------

@@ -34,8 +34,6 @@ GUIDE_PAGE = ROOT / "docs" / "guides" / "nflows.md"
 NUM_BINS = 256
 
 
-
-
 class PowerNoise(Distribution):
     """Noise v = logit(s) whose s has the density (a + 1) s^a on (0, 1) per element.
 

@@ -19,6 +19,7 @@ __all__ = [
     "check_float_dtype",
     "check_num_bins",
     "check_positive_int",
+    "check_shape",
 ]
 
 
@@ -88,3 +89,17 @@ def check_float_dtype(value: object, name: str = "dtype") -> torch.dtype:
             f"{name} must be a floating-point torch.dtype such as torch.float32, got {value!r}"
         )
     return value
+
+
+def check_shape(value: object, name: str = "shape") -> tuple[int, ...]:
+    """Return `value` as a tuple of ints if it is a sequence of integers >= 1."""
+    rule = "a sequence of integers >= 1, the shape of one example such as (64,) or (1, 8, 8)"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    try:
+        sizes = tuple(_as_int(size, name, rule) for size in value)  # type: ignore[union-attr]
+    except ValueError:
+        raise ValueError(f"{name} must be {rule}, got {value!r}") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return sizes

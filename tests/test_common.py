@@ -64,6 +64,8 @@ def test_repr_is_readable():
     assert repr(Logit(0.05).inv) == "Logit(alpha=0.05).inv"
     assert repr(Scale(-2.0, event_dim=1)) == "Scale(factor=-2.0, event_dim=1)"
     assert repr(Dequantize(256, dtype=torch.float64)) == "Dequantize(num_bins=256, dtype=torch.float64)"
+    assert repr(Logit(0.05, cache_size=0)) == "Logit(alpha=0.05, cache_size=0)"
+    assert repr(Dequantize(17, cache_size=1)) == "Dequantize(num_bins=17, cache_size=1)"
     assert repr(dequantization_pipeline(256)) == (
         "Compose([Dequantize(num_bins=256), Scale(factor=0.00390625), Logit(alpha=0.05)])"
     )
@@ -265,5 +267,7 @@ def test_cuda_matches_cpu(name):
 def test_compose_rejects_bad_parts():
     with pytest.raises(ValueError, match="parts must hold at least one transform"):
         Compose([])
+    with pytest.raises(ValueError, match="parts must be a sequence of transforms, got Logit"):
+        Compose(Logit(0.05))
     with pytest.raises(ValueError, match="got int at index 1"):
         Compose([Logit(0.05), 3])

@@ -210,3 +210,32 @@ def test_dequantize_validates_small_integer_dtypes(dtype):
             t(torch.tensor([3, -1], dtype=dtype))
     with pytest.raises(ValueError, match=r"expects integers in \[0, 99\], got 100"):
         Dequantize(100)(torch.tensor([3, 100], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64], ids=str)
+def test_quantize_keeps_integer_dtypes(dtype):
+    y = torch.tensor([0, 5, 255]).to(dtype)
+
+    assert torch.equal(Dequantize(300).inv(y), y)
+    assert torch.equal(Dequantize(17).inv(y), torch.tensor([0, 5, 16]).to(dtype))
+
+
+def test_quantize_bool_and_bad_num_bins():
+    from flowext import quantize
+
+    assert torch.equal(Dequantize(17).inv(torch.tensor([True, False])), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="num_bins must be an integer >= 2"):
+        quantize(torch.tensor([0.5]), 0)
+
+
+@pytest.mark.parametrize("noise", [torch.rand(2), [0.5, 0.5, 0.5]], ids=["shape", "list"])
+def test_apply_noise_rejects_noise_of_other_shape(noise):
+    with pytest.raises(ValueError, match=r"noise must be a tensor of the shape of x, \(3,\)"):
+        Dequantize(17).apply_noise(torch.tensor([1, 2, 3]), noise)
+
+
+def test_call_checks_event_dims():
+    with pytest.raises(ValueError, match=r"event_dim=2 needs inputs with at least 2 dimensions, got shape \(3,\)"):
+        Dequantize(17, event_dim=2)(torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"event_dim=2 needs inputs with at least 2 dimensions"):
+        Dequantize(17, event_dim=2).inv(torch.tensor([1.5, 2.5]))

@@ -133,3 +133,35 @@ def test_logit_inverse_is_accurate_near_one():
     x = 1 - torch.logspace(-7, -1, 50, dtype=torch.float32)
 
     assert torch.equal(t.inv(t(x)), x)
+
+
+def test_plain_logit_domain_excludes_the_end_points():
+    # A model in logit space has no density at exactly 0 or 1, so validation rejects them
+    # instead of returning -inf - (-inf) = NaN.
+    from torch.distributions import Normal, TransformedDistribution
+
+    dist = TransformedDistribution(Normal(0.0, 1.0), [Logit(0.0).inv], validate_args=True)
+
+    with pytest.raises(ValueError, match="within the support"):
+        dist.log_prob(torch.tensor([0.0, 0.5]))
+    with pytest.raises(ValueError, match="within the support"):
+        dist.log_prob(torch.tensor([1.0]))
+    assert bool(torch.isfinite(dist.log_prob(torch.tensor([1e-6, 0.5]))).all())
+    assert bool(Logit(0.05).domain.check(torch.tensor([0.0, 1.0])).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool], ids=str)
+def test_logit_integer_input_is_converted_to_float(dtype):
+    x = torch.tensor([0, 1]).to(dtype)
+
+    y, ladj = Logit(0.05).call_and_ladj(x)
+
+    assert y.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(y, torch.tensor([-3.663562, 3.663562]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ladj, torch.tensor([3.662904, 3.662904]), atol=1e-6, rtol=0)
+
+
+def test_logit_bound_for_tiny_alpha():
+    t = Logit(5e-324)
+
+    assert t.bound == pytest.approx(math.log(2.0) - math.log(5e-324))

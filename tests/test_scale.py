@@ -1,6 +1,7 @@
 """Scale: values, log-dets against autograd, sign, tensor factors and integer inputs."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -52,12 +53,25 @@ def test_scale_long_input_gives_float_log_det():
     torch.testing.assert_close(ladj, torch.full((4,), -5.545177), atol=1e-6, rtol=0)
 
 
-def test_scale_integer_factor_on_long_input():
-    y, ladj = Scale(2).call_and_ladj(torch.arange(3))
+def test_scale_integer_input_is_scaled_in_float():
+    # In uint8, 2 * 200 would wrap around to 144.
+    y, ladj = Scale(2).call_and_ladj(torch.tensor([0, 100, 200], dtype=torch.uint8))
 
-    assert y.dtype == torch.int64
-    assert ladj.dtype == torch.get_default_dtype()
+    assert y.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(y, torch.tensor([0.0, 200.0, 400.0]))
     torch.testing.assert_close(ladj, torch.full((3,), math.log(2.0)))
+    torch.testing.assert_close(Scale(-1).inv(torch.tensor([56], dtype=torch.uint8)), torch.tensor([-56.0]))
+
+
+@pytest.mark.parametrize("factor", [1e-50, 1e300], ids=["underflow", "overflow"])
+def test_scale_factor_outside_dtype_range_raises(factor):
+    x = torch.ones(2)
+
+    with pytest.raises(ValueError, match=rf"factor={re.escape(repr(factor))} is outside the normal range of torch.float32"):
+        Scale(factor)(x)
+    with pytest.raises(ValueError, match="outside the normal range of torch.float32"):
+        Scale(torch.tensor([1.0, factor], dtype=torch.float64)).call_and_ladj(x)
+    assert bool(torch.isfinite(Scale(factor)(x.double())).all())
 
 
 def test_scale_sign():

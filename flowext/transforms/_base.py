@@ -40,6 +40,9 @@ class ElementwiseTransform(Transform):
             `x` itself; 0 for no cache.
     """
 
+    #: The cache size of a transform built without one; `__repr__` shows any other.
+    default_cache_size = 0
+
     def __init__(self, event_dim: int = 0, cache_size: int = 0) -> None:
         super().__init__(cache_size=check_cache_size(cache_size))
         self._event_dim = check_event_dim(event_dim)
@@ -90,14 +93,18 @@ class ElementwiseTransform(Transform):
     def codomain(self) -> constraints.Constraint:  # type: ignore[override]
         return _independent(self._codomain_constraint(), self._event_dim)
 
+    def _check_dims(self, value: torch.Tensor) -> None:
+        event_dim = self._event_dim
+        if event_dim and isinstance(value, torch.Tensor) and value.dim() < event_dim:
+            raise ValueError(
+                f"{type(self).__name__} with event_dim={event_dim} needs inputs with at least "
+                f"{event_dim} dimensions, got shape {tuple(value.shape)}"
+            )
+
     def _sum_event(self, ladj: torch.Tensor | float, reference: torch.Tensor) -> torch.Tensor:
         """Sum an elementwise log-det over the event dimensions of `reference`."""
         event_dim = self._event_dim
-        if reference.dim() < event_dim:
-            raise ValueError(
-                f"{type(self).__name__} with event_dim={event_dim} needs inputs with at least "
-                f"{event_dim} dimensions, got shape {tuple(reference.shape)}"
-            )
+        self._check_dims(reference)
 
         if isinstance(ladj, torch.Tensor):
             return sum_rightmost(ladj, event_dim)
@@ -117,7 +124,15 @@ class ElementwiseTransform(Transform):
     def _inverse_log_abs_det_jacobian(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._sum_event(self._inverse_elementwise_ladj(y, x), x)
 
-    # -- One-pass calls, sharing the cache with __call__ -------------------------------------
+    # -- Calls, sharing one cache -------------------------------------------------------------
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_dims(x)
+        return super().__call__(x)
+
+    def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
+        self._check_dims(y)
+        return super()._inv_call(y)
 
     def call_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return `t(x)` and the log-det of the map at `x`, in one pass.
@@ -184,6 +199,8 @@ class ElementwiseTransform(Transform):
         ]
         if self._event_dim:
             shown.append(f"event_dim={self._event_dim}")
+        if self._cache_size != self.default_cache_size:
+            shown.append(f"cache_size={self._cache_size}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def __getstate__(self) -> dict[str, Any]:

@@ -56,6 +56,11 @@ class Compose(ComposeTransform):
     """
 
     def __init__(self, parts: Sequence[Transform], cache_size: int = 0) -> None:
+        if isinstance(parts, Transform) or not hasattr(parts, "__iter__"):
+            raise ValueError(
+                f"parts must be a sequence of transforms, got {type(parts).__name__}; wrap a "
+                f"single transform in a list"
+            )
         parts = list(parts)
         if not parts:
             raise ValueError("parts must hold at least one transform, got an empty sequence")

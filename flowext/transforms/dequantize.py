@@ -45,7 +45,18 @@ def check_integer_data(x: torch.Tensor, num_bins: int, owner: str) -> None:
 
 
 def quantize(y: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """Return clamp(floor(y), 0, num_bins - 1), the bin that each element of `y` lies in."""
+    """Return clamp(floor(y), 0, num_bins - 1), the bin that each element of `y` lies in.
+
+    Integer inputs keep their dtype and are only clamped; bool inputs are returned as a copy.
+
+    Raises:
+        ValueError: If `num_bins` is not an integer >= 2.
+    """
+    num_bins = check_num_bins(num_bins)
+    if y.dtype == torch.bool:
+        return y.clone()
+    if not y.is_floating_point():
+        return y.clamp(0, min(num_bins - 1, torch.iinfo(y.dtype).max))
     return torch.floor(y).clamp_(0, num_bins - 1)
 
 
@@ -192,9 +203,15 @@ class Dequantize(ElementwiseTransform):
         below 1. Its derivative with respect to $u$ is $1 - 2m$, the log-det of the forward.
 
         Raises:
-            ValueError: If `validate_args` is set and `x` holds values other than integers in
-                $[0, K - 1]$ or `noise` holds values outside $[0, 1)$.
+            ValueError: If `noise` is not a tensor of the shape of `x`, or if `validate_args`
+                is set and `x` holds values other than integers in $[0, K - 1]$ or `noise`
+                holds values outside $[0, 1)$.
         """
+        if not isinstance(noise, torch.Tensor) or noise.shape != x.shape:
+            shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(
+                f"noise must be a tensor of the shape of x, {tuple(x.shape)}, got {shape}"
+            )
         dtype, margin = self._prepare(x)
         if self.validate_args and not noise.is_meta:
             outside = ~((noise >= 0) & (noise < 1))

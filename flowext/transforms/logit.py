@@ -9,6 +9,7 @@ import torch
 from torch.distributions import constraints
 
 from flowext._checks import check_alpha
+from flowext._constraints import OpenInterval
 from flowext.transforms._base import REQUIRED, ElementwiseTransform
 
 __all__ = ["Logit"]
@@ -25,7 +26,14 @@ class Logit(ElementwiseTransform):
     - inverse log-det: $-\log(1 - \alpha) - y - 2\,\operatorname{softplus}(-y)$ per element
 
     The codomain is $[-L, L]$ with $L = \log((1 - \alpha/2) / (\alpha/2))$; `alpha = 0` is the
-    plain logit, which maps 0 and 1 to $-\infty$ and $+\infty$ (never NaN).
+    plain logit, which maps 0 and 1 to $-\infty$ and $+\infty$ (never NaN). Its domain is then
+    the open interval $(0, 1)$, so a distribution with `validate_args=True` rejects data at
+    exactly 0 or 1, where the density of a model in logit space is not defined.
+
+    Like torch's transforms, `Logit` does not read its input to check it: a
+    `TransformedDistribution` with `validate_args=True` checks the data against the domain.
+    Inputs outside $[0, 1]$ give NaN once $s$ leaves $(0, 1)$. Integer and bool inputs are
+    converted to torch's default dtype first.
 
     The forward computes $1 - s$ as $\alpha/2 + (1 - \alpha)(1 - x)$, so `Logit(1 - x)` equals
     `-Logit(x)` exactly wherever $1 - x$ is exact. The inverse evaluates the sigmoid at
@@ -53,6 +61,7 @@ class Logit(ElementwiseTransform):
 
     bijective = True
     sign = 1
+    default_cache_size = 1
 
     def __init__(self, alpha: float = 0.05, *, event_dim: int = 0, cache_size: int = 1) -> None:
         super().__init__(event_dim=event_dim, cache_size=cache_size)
@@ -70,9 +79,13 @@ class Logit(ElementwiseTransform):
         r"""The bound $L = \log((1 - \alpha/2) / (\alpha/2))$ of the codomain; inf for alpha 0."""
         if self.alpha == 0.0:
             return math.inf
-        return math.log1p(-self._half_alpha) - math.log(self._half_alpha)
+        # log(alpha) - log(2) rather than log(alpha / 2), which underflows for the smallest alpha.
+        return math.log1p(-self._half_alpha) - (math.log(self.alpha) - math.log(2.0))
 
     def _domain_constraint(self) -> constraints.Constraint:
+        if self.alpha == 0.0:
+            # The plain logit maps 0 and 1 to -inf and +inf, where no density is defined.
+            return OpenInterval(0.0, 1.0)
         return constraints.unit_interval
 
     def _codomain_constraint(self) -> constraints.Constraint:
@@ -82,6 +95,9 @@ class Logit(ElementwiseTransform):
 
     def _log_squashed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return log s and log(1 - s), computing 1 - s from 1 - x for exact symmetry."""
+        if not x.is_floating_point():
+            # 1 - x would wrap around in unsigned integers and fail on bool.
+            x = x.to(torch.get_default_dtype())
         if self.alpha == 0.0:
             return torch.log(x), torch.log(1 - x)
         s = x * self._slope + self._half_alpha
@@ -106,6 +122,8 @@ class Logit(ElementwiseTransform):
 
     def _inverse_parts(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return x, -|y| and exp(-|y|), which the inverse log-det reuses."""
+        if not y.is_floating_point():
+            y = y.to(torch.get_default_dtype())
         positive = y > 0
 
         # -|y| written with where, because the gradient of abs at 0 is 0 and would make the
@@ -130,6 +148,8 @@ class Logit(ElementwiseTransform):
         return x, self._inverse_ladj_from_parts(negative, decay)
 
     def _inverse_elementwise_ladj(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not y.is_floating_point():
+            y = y.to(torch.get_default_dtype())
         negative = torch.where(y > 0, -y, y)
         return self._inverse_ladj_from_parts(negative, torch.exp(negative))
 

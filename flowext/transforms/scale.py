@@ -46,8 +46,10 @@ class Scale(ElementwiseTransform):
 
     Args:
         factor: The factor $c$: a nonzero finite number, or a tensor of them that broadcasts
-            with the input. A tensor factor is moved to the input's device (and, for floating
-            inputs, its dtype) at each call.
+            with the input. A tensor factor is converted to the input's device and dtype once
+            per pair. Integer inputs are scaled in torch's default dtype, so that the product
+            cannot overflow. A factor that is 0 or infinite in the input's dtype (1e-50 in
+            float32, say) raises `ValueError` at the call.
         event_dim: Number of rightmost dimensions that form one event.
         cache_size: 1 (the default) to remember the last input and output, 0 for no cache.
 
@@ -64,12 +66,15 @@ class Scale(ElementwiseTransform):
     """
 
     bijective = True
+    default_cache_size = 1
 
     def __init__(
         self, factor: float | torch.Tensor, *, event_dim: int = 0, cache_size: int = 1
     ) -> None:
         super().__init__(event_dim=event_dim, cache_size=cache_size)
         self.factor = _check_factor(factor)
+        # Tensor factors converted to a (device, dtype) and checked there, one entry per pair.
+        self._converted: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def _params(self) -> list[tuple[str, Any, Any]]:
         return [("factor", self.factor, REQUIRED)]
@@ -87,27 +92,56 @@ class Scale(ElementwiseTransform):
         return 1 if self.factor > 0 else -1
 
     def _factor_like(self, x: torch.Tensor) -> float | torch.Tensor:
+        """Return the factor in the device and dtype of the floating tensor `x`.
+
+        Raises:
+            ValueError: If the factor becomes zero or infinite in that dtype.
+        """
         factor = self.factor
+        info = torch.finfo(x.dtype)
         if not isinstance(factor, torch.Tensor):
+            if not info.tiny <= abs(factor) <= info.max:
+                raise ValueError(
+                    f"factor={factor!r} is outside the normal range of {x.dtype} "
+                    f"[{info.tiny:g}, {info.max:g}], where it would become 0 or inf; use data "
+                    f"of a wider dtype such as torch.float64"
+                )
             return factor
+
+        key = (x.device, x.dtype)
+        converted = self._converted.get(key)
+        if converted is None:
+            converted = factor.to(device=x.device, dtype=x.dtype)
+            if not converted.is_meta:
+                magnitude = converted.abs()
+                if bool(((magnitude < info.tiny) | (magnitude > info.max)).any()):
+                    raise ValueError(
+                        f"factor holds values outside the normal range of {x.dtype} "
+                        f"[{info.tiny:g}, {info.max:g}], where they would become 0 or inf; use "
+                        f"data of a wider dtype such as torch.float64"
+                    )
+            self._converted[key] = converted
+        return converted
+
+    @staticmethod
+    def _as_floating(x: torch.Tensor) -> torch.Tensor:
+        # Integer data are scaled in floating point, so that no product overflows or rounds.
         if x.is_floating_point():
-            return factor.to(device=x.device, dtype=x.dtype)
-        return factor.to(device=x.device)
+            return x
+        return x.to(torch.get_default_dtype())
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._as_floating(x)
         return x * self._factor_like(x)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         # Divide rather than multiply by 1 / c: when c is a rounded 1 / K, y / c undoes the
         # forward product more closely than y * K does.
+        y = self._as_floating(y)
         return y / self._factor_like(y)
 
     def _elementwise_ladj(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | float:
-        factor = self._factor_like(y)
+        factor = self._factor_like(self._as_floating(y))
         if not isinstance(factor, torch.Tensor):
             return math.log(abs(factor))
-
-        ladj = factor.abs().log()
-        if y.is_floating_point():
-            ladj = ladj.to(y.dtype)
-        return ladj.expand(y.shape)
+        return factor.abs().log().expand(y.shape)

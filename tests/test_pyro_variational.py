@@ -461,3 +461,8 @@ def test_trace_shows_flowext_transforms_by_name():
         f"Scale(factor={1 / NUM_BINS!r}).inv",
         "VariationalDequantization(num_bins=17, event_dim=1)",
     ]
+
+
+def test_with_coupling_flow_rejects_bad_shape():
+    with pytest.raises(ValueError, match="shape must be a sequence of integers >= 1"):
+        VariationalDequantization.with_coupling_flow(17, 4)

@@ -167,8 +167,9 @@ def test_rejects_context_net_that_changes_batch():
 
 
 def test_rejects_noise_flow_of_wrong_size():
-    dequantizer = VariationalDequantizer.with_coupling_flow(17, (4,))
-    dequantizer.context_net = nn.Sequential(nn.Flatten(), nn.Linear(3, 32))
+    built = VariationalDequantizer.with_coupling_flow(17, (4,))
+    # Without event_shape, the data shape is checked only against the noise flow's samples.
+    dequantizer = VariationalDequantizer(17, built.noise_flow, nn.Sequential(nn.Flatten(), nn.Linear(3, 32)))
 
     with pytest.raises(ValueError, match=r"noise_flow must return 3 elements per example .* got samples of shape \(2, 1, 4\)"):
         dequantizer(torch.zeros(2, 3))
@@ -250,3 +251,48 @@ def test_log_q_matches_the_draw_and_is_minus_inf_outside():
     assert bool(torch.isfinite(dequantizer.log_q(x, outside)[1:]).all())
     with pytest.raises(ValueError, match=r"noise must have the shape of x, got \(5, 6\) and \(5, 1, 2, 3\)"):
         dequantizer.log_q(x, noise.reshape(5, 6))
+
+
+def test_log_q_of_nan_noise_is_nan():
+    dequantizer = VariationalDequantizer.with_coupling_flow(17, (4,))
+    noise = torch.full((2, 4), 0.5)
+    noise[1, 2] = math.nan
+
+    log_q = dequantizer.log_q(torch.zeros(2, 4), noise)
+
+    assert math.isfinite(log_q[0].item())
+    assert math.isnan(log_q[1].item())
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (4, "shape must be a sequence of integers >= 1"),
+        ((0,), "shape must be a sequence of integers >= 1"),
+        ((-2, 3), "shape must be a sequence of integers >= 1"),
+        ((), "shape must be a sequence of integers >= 1"),
+        ((1,), r"shape must describe at least 2 elements for coupling layers, got \(1,\)"),
+    ],
+    ids=repr,
+)
+def test_with_coupling_flow_rejects_bad_shape(shape, message):
+    with pytest.raises(ValueError, match=message):
+        VariationalDequantizer.with_coupling_flow(17, shape)
+
+
+def test_forward_checks_example_shape():
+    dequantizer = VariationalDequantizer.with_coupling_flow(17, (4,))
+
+    with pytest.raises(ValueError, match=r"inputs must hold examples of shape \(4,\) after the batch dimension, got shape \(2, 5\)"):
+        dequantizer(torch.zeros(2, 5))
+
+
+def test_constructor_rejects_bad_context_net_and_noise_shape():
+    noise_flow = VariationalDequantizer.with_coupling_flow(17, (4,)).noise_flow
+
+    with pytest.raises(ValueError, match="context_net must be a torch.nn.Module .* got str"):
+        VariationalDequantizer(17, noise_flow, context_net="x")
+    with pytest.raises(ValueError, match="noise_shape must be a sequence of integers >= 1"):
+        VariationalDequantizer(17, noise_flow, noise_shape="abc")
+    with pytest.raises(ValueError, match="noise_shape must be a sequence of integers >= 1"):
+        VariationalDequantizer(17, noise_flow, noise_shape=5)

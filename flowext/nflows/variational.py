@@ -13,7 +13,7 @@ from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.nn.nets import ResidualNet
 from torch import nn
 
-from flowext._checks import check_num_bins, check_positive_int
+from flowext._checks import check_num_bins, check_positive_int, check_shape
 from flowext._numerics import noise_margin
 from flowext.nflows.base import StandardNormal
 from flowext.transforms.dequantize import check_integer_data, quantize
@@ -55,8 +55,10 @@ class VariationalDequantizer(NflowsTransform):
             number of elements of one data example. Its base distribution must sample in the
             flow's dtype for `.to(torch.float64)` to work; `flowext.nflows.StandardNormal` does,
             nflows' own does not.
-        context_net: Module that maps the normalized data (the shape of the input) to the
-            context $h$. By default the normalized data are the context.
+        context_net: Module (or other callable) that maps the normalized data (the shape of
+            the input) to the context $h$. By default the normalized data are the context.
+        event_shape: Shape of one data example, without the batch dimension. When given,
+            `forward` checks its input against it. `with_coupling_flow` sets it.
         noise_shape: Shape of one sample of `noise_flow`, without the batch dimension, which
             `log_q` needs to evaluate the flow's density. By default a flat vector of $D$
             elements. Sampling works with any shape of $D$ elements.
@@ -74,6 +76,7 @@ class VariationalDequantizer(NflowsTransform):
         noise_flow: Flow,
         context_net: nn.Module | None = None,
         *,
+        event_shape: tuple[int, ...] | None = None,
         noise_shape: tuple[int, ...] | None = None,
         validate_args: bool = True,
     ) -> None:
@@ -85,8 +88,14 @@ class VariationalDequantizer(NflowsTransform):
                 f"{type(noise_flow).__name__}"
             )
         self.noise_flow = noise_flow
+        if context_net is not None and not callable(context_net):
+            raise ValueError(
+                f"context_net must be a torch.nn.Module (or another callable) or None, got "
+                f"{type(context_net).__name__}"
+            )
         self.context_net = context_net if context_net is not None else nn.Identity()
-        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.event_shape = None if event_shape is None else check_shape(event_shape, "event_shape")
+        self.noise_shape = None if noise_shape is None else check_shape(noise_shape, "noise_shape")
         if not isinstance(validate_args, bool):
             raise ValueError(f"validate_args must be True or False, got {validate_args!r}")
         self.validate_args = validate_args
@@ -122,7 +131,12 @@ class VariationalDequantizer(NflowsTransform):
             >>> y.shape, logabsdet.shape
             (torch.Size([5, 1, 8, 8]), torch.Size([5]))
         """
+        shape = check_shape(shape)
         num_features = math.prod(shape)
+        if num_features < 2:
+            raise ValueError(
+                f"shape must describe at least 2 elements for coupling layers, got {shape}"
+            )
         hidden_features = check_positive_int(hidden_features, "hidden_features")
         context_features = check_positive_int(context_features, "context_features")
         context_net = nn.Sequential(
@@ -137,7 +151,14 @@ class VariationalDequantizer(NflowsTransform):
             hidden_features=hidden_features,
             num_layers=num_layers,
         )
-        return cls(num_bins, noise_flow, context_net, validate_args=validate_args)
+        return cls(
+            num_bins,
+            noise_flow,
+            context_net,
+            event_shape=shape,
+            noise_shape=(num_features,),
+            validate_args=validate_args,
+        )
 
     def working_dtype(self, inputs: torch.Tensor) -> torch.dtype:
         """Return the dtype of the computation: the module's, else that of floating `inputs`.
@@ -192,6 +213,8 @@ class VariationalDequantizer(NflowsTransform):
     def log_q(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Return log q(u|x) for given noise u, of shape [batch]; -inf outside [m, 1 - m].
 
+        An example whose noise holds NaN gets NaN.
+
         This evaluates the noise flow's density at v = logit((u - m) / (1 - 2m)), so it needs
         `noise_shape` to match the noise flow (a flat vector unless set otherwise). At the
         endpoints m and 1 - m, where the logit is infinite, it uses the nearest value inside,
@@ -219,6 +242,7 @@ class VariationalDequantizer(NflowsTransform):
         # and log q = -inf at the end.
         squashed = (noise - margin) / (1.0 - 2.0 * margin)
         outside = ((squashed < 0) | (squashed > 1)).reshape(batch, -1).any(-1)
+        not_a_number = squashed.isnan().reshape(batch, -1).any(-1)
 
         # Rounding puts the noise of large |v| exactly on m or 1 - m (in float32 for v above
         # about 17), where the logit is infinite. Those points are evaluated at the nearest
@@ -229,7 +253,8 @@ class VariationalDequantizer(NflowsTransform):
         noise_shape = self.noise_shape or (math.prod(x.shape[1:]),)
         log_q_v = self.noise_flow.log_prob(v.reshape(batch, *noise_shape), context=self._context(x))
         log_q = log_q_v.reshape(batch) + self._log_q_correction(v, margin)
-        return torch.where(outside, -math.inf, log_q)
+        log_q = torch.where(outside, -math.inf, log_q)
+        return torch.where(not_a_number, math.nan, log_q)
 
     def _log_q_correction(self, v: torch.Tensor, margin: float) -> torch.Tensor:
         """Return log q(u|x) - log q_v(v|h) per example: the sigmoid and the margin terms."""
@@ -246,6 +271,11 @@ class VariationalDequantizer(NflowsTransform):
         """Return (x + u, -log q(u|x)); the flow's own `context` is not used."""
         if inputs.dim() < 1:
             raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
+        if self.event_shape is not None and tuple(inputs.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"inputs must hold examples of shape {self.event_shape} after the batch "
+                f"dimension, got shape {tuple(inputs.shape)}"
+            )
         if self.validate_args:
             check_integer_data(inputs, self.num_bins, f"VariationalDequantizer(num_bins={self.num_bins})")
 

@@ -9,7 +9,7 @@ import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import constraints
 
-from flowext._checks import check_cache_size, check_event_dim
+from flowext._checks import check_cache_size, check_event_dim, check_shape
 from flowext.nflows.variational import VariationalDequantizer
 from flowext.transforms.dequantize import quantize
 
@@ -146,7 +146,7 @@ class VariationalDequantization(TransformModule):
             num_layers: Number of coupling layers of the noise flow.
             validate_args: Whether to check that the data are integers in $[0, K - 1]$.
         """
-        shape = tuple(shape)
+        shape = check_shape(shape)
         dequantizer = VariationalDequantizer.with_coupling_flow(
             num_bins,
             shape,

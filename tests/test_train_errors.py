@@ -1,5 +1,7 @@
 """examples/train.py on invalid input: exit status 2, one message on stderr, no outputs."""
 
+import copy
+import gzip
 import struct
 import subprocess
 import sys
@@ -18,6 +20,7 @@ SCRIPT = EXAMPLES / "train.py"
 sys.path.insert(0, str(EXAMPLES))
 
 import train  # noqa: E402
+from flowext._numerics import resolvable_bins  # noqa: E402
 
 FAST = ["--epochs", "1", "--steps-per-epoch", "1", "--num-layers", "1", "--hidden-channels", "4", "--no-progress"]
 
@@ -98,12 +101,69 @@ def test_idx_too_few_images(tmp_path, capsys):
     assert "contains 2 images" in error
 
 
+def damage_gzip(data, damage):
+    """Return gzip-compressed `data` with one kind of damage."""
+    compressed = bytearray(gzip.compress(data))
+    if damage == "stream":
+        # Inverting bytes just after the 10-byte header makes the deflate stream invalid.
+        for index in range(10, 30):
+            compressed[index] ^= 0xFF
+    elif damage == "truncated":
+        del compressed[len(compressed) // 2 :]
+    elif damage == "crc":
+        compressed[-8] ^= 0x01  # the CRC-32 of the uncompressed data
+    return bytes(compressed)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("stream", "the file is corrupt: its gzip data are invalid (Error -3 while decompressing data"),
+        ("truncated", "the file is truncated: its gzip stream ends early"),
+        ("crc", "the file is corrupt: its gzip data are invalid (CRC check failed)"),
+    ],
+)
+def test_idx_damaged_gzip(tmp_path, capsys, damage, problem):
+    header = struct.pack(">IIII", 0x00000803, 30, 6, 6)
+    path = tmp_path / "images-idx3-ubyte.gz"
+    path.write_bytes(damage_gzip(header + bytes(range(256)) * 4 + bytes(30 * 36 - 1024), damage))
+
+    status, error = run_with_error(["--idx-images", str(path)], tmp_path / "out", capsys)
+
+    assert status == 2
+    assert problem in error
+    assert "Copy or download the file again, or pass the uncompressed IDX file." in error
+    assert "permissions" not in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_values_above_num_bins(tmp_path, capsys):
     status, error = run_with_error(["--num-bins", "10"], tmp_path / "out", capsys)
 
     assert status == 2
     assert "outside {0, ..., 9} for --num-bins 10" in error
     assert "Pass --num-bins 17 or more" in error
+
+
+def test_num_bins_above_float32_limit(tmp_path, capsys):
+    limit = resolvable_bins(torch.float32)
+
+    status, error = run_with_error(["--num-bins", str(limit + 1)], tmp_path / "out", capsys)
+
+    assert status == 2
+    assert f"--num-bins: expected an integer from 2 to {limit}, got {limit + 1}" in error
+    assert "float32" in error
+    assert f"Quantize the data to at most {limit} levels" in error
+    assert "Use torch.float32" not in error
+
+
+def test_num_bins_at_float32_limit_trains(tmp_path, capsys):
+    out = tmp_path / "out"
+
+    status = train.main([*FAST, "--num-bins", str(resolvable_bins(torch.float32)), "--iw-samples", "2", "--device", "cpu", "--out", str(out)])
+
+    assert status == 0, capsys.readouterr().err
+    assert (out / "metrics.json").is_file()
 
 
 def test_output_folder_under_a_file(tmp_path, capsys):
@@ -140,14 +200,31 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--dataset", "photos", "--idx-images", "x"], "--idx-images applies to --dataset idx only"),
         (["--dataset", "idx"], "--dataset idx needs --idx-images PATH"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["--threads", str(train.MAX_THREADS + 1)], f"argument --threads: expected an integer from 1 to {train.MAX_THREADS}"),
+        (["--threads", "0"], "argument --threads: expected an integer >= 1, got 0"),
+        (["--digest-dir", ""], "argument --digest-dir: expected a folder path, got an empty string"),
     ],
-    ids=["dequantization", "dataset", "epochs", "lr", "alpha", "batch-size", "idx-conflict", "idx-missing", "unknown"],
+    ids=[
+        "dequantization", "dataset", "epochs", "lr", "alpha", "batch-size", "idx-conflict", "idx-missing",
+        "unknown", "threads-too-many", "threads-zero", "digest-dir-empty",
+    ],
 )
 def test_invalid_option_values(tmp_path, capsys, argv, message):
     status, error = run_with_error(argv, tmp_path / "out", capsys)
 
     assert status == 2
     assert message in error
+
+
+def test_empty_output_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*FAST, "--device", "cpu", "--out", ""])
+
+    assert exit_info.value.code == 2
+    assert "argument --out: expected a folder path, got an empty string" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -167,14 +244,113 @@ def test_resume_missing_checkpoint(tmp_path, capsys):
     assert "file not found" in error
 
 
-def test_resume_corrupt_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "content",
+    [b"PK\x03\x04 this is not a checkpoint", bytes(range(256)) * 4, b"plain text\n", b""],
+    ids=["bad-zip", "binary", "text", "empty"],
+)
+def test_resume_corrupt_checkpoint(tmp_path, capsys, content):
     path = tmp_path / "checkpoint_last.pt"
-    path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    path.write_bytes(content)
 
     status, error = run_with_error(["--resume", str(path)], tmp_path / "out", capsys)
 
     assert status == 2
-    assert "cannot load the checkpoint" in error
+    assert "is not a checkpoint written by train.py" in error
+    assert "corrupt, truncated or of another format" in error
+    assert "weights_only" not in error
+    assert len(error.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory):
+    """A checkpoint_last.pt of one epoch, written by a FAST run."""
+    out = tmp_path_factory.mktemp("first") / "run"
+    assert train.main([*FAST, "--iw-samples", "2", "--device", "cpu", "--out", str(out)]) == 0
+    return out / "checkpoint_last.pt"
+
+
+def first_tensor_of_rank_2(state):
+    return next(name for name, tensor in state.items() if tensor.dim() >= 2)
+
+
+def drop_first_entry(checkpoint):
+    checkpoint["model"].pop(next(iter(checkpoint["model"])))
+
+
+def reshape_weight(checkpoint):
+    checkpoint["model"][first_tensor_of_rank_2(checkpoint["model"])] = torch.zeros(3, 3)
+
+
+def add_parameter_group(checkpoint):
+    groups = checkpoint["optimizer"]["param_groups"]
+    groups.append(dict(groups[0]))
+
+
+def reshape_adam_moment(checkpoint):
+    checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(7)
+
+
+def break_adam_betas(checkpoint):
+    checkpoint["optimizer"]["param_groups"][0]["betas"] = "x"
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (drop_first_entry, "its 'model' state dict does not fit the model of its 'config': 1 missing entry"),
+        (reshape_weight, "1 reshaped entry"),
+        (lambda c: c.__setitem__("best_model", {"extra": torch.zeros(1)}), "1 unknown entry ('extra')"),
+        (lambda c: c.__setitem__("config", "nonsense"), "'config' is 'nonsense', not a dictionary"),
+        (lambda c: c["config"].pop("alpha"), "'config' has missing fields ['alpha']"),
+        (lambda c: c.__setitem__("epoch", "five"), "'epoch' is 'five', not an integer >= 1"),
+        (lambda c: c.__setitem__("best_epoch", 7), "'best_epoch' is 7, not an integer from 0 to 'epoch' (1)"),
+        (lambda c: c.__setitem__("history", None), "'history' is None, not a dictionary"),
+        (lambda c: c["history"]["train_bpd"].append(1.0), "'history' entry 'train_bpd' is not a list of 1 numbers"),
+        (lambda c: c.__setitem__("train_seconds", "long"), "'train_seconds' is 'long', not a finite number"),
+        (lambda c: c.__setitem__("model", [1, 2]), "'model' is not a state dict"),
+        (lambda c: c.__setitem__("optimizer", {"state": {}}), "'optimizer' is not an optimizer state dict"),
+        (add_parameter_group, "its 'optimizer' state dict does not fit the model (loaded state dict has a different number of parameter groups)"),
+        (reshape_adam_moment, "the 'optimizer' state 'exp_avg' does not have the shape of its parameter"),
+        (break_adam_betas, "its 'optimizer' state cannot be used for a step"),
+    ],
+    ids=[
+        "missing-entry", "reshaped-entry", "unknown-entry", "config-string", "config-field", "epoch-string",
+        "best-epoch", "history-none", "history-length", "train-seconds", "model-list", "optimizer-keys",
+        "optimizer-groups", "adam-moment", "adam-betas",
+    ],
+)
+def test_resume_damaged_checkpoint(tmp_path, capsys, checkpoint_file, damage, problem):
+    checkpoint = copy.deepcopy(torch.load(checkpoint_file, weights_only=True))
+    damage(checkpoint)
+    path = tmp_path / "damaged.pt"
+    torch.save(checkpoint, path)
+
+    status, error = run_with_error(["--epochs", "2", "--resume", str(path)], tmp_path / "out", capsys)
+
+    assert status == 2
+    assert "is not a valid checkpoint of train.py" in error
+    assert problem in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_resume_with_no_epochs_left(tmp_path, capsys, checkpoint_file):
+    status, error = run_with_error(["--epochs", "1", "--resume", str(checkpoint_file)], tmp_path / "out", capsys)
+
+    assert status == 2
+    assert "already has 1 epoch" in error
+    assert "Pass --epochs 2 or more." in error
+
+
+def test_diverging_training_exits_1(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *FAST, "--steps-per-epoch", "3", "--lr", "1e30", "--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: the training loss became")
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_foreign_file(tmp_path, capsys):

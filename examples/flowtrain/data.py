@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from flowtrain.errors import UsageError
+from flowtrain.model import MAX_NUM_BINS
 
 __all__ = [
     "IDX_UINT8_3D_MAGIC",
@@ -32,6 +34,9 @@ __all__ = [
 
 #: Magic number of an IDX file of unsigned bytes with 3 dimensions (images, rows, columns).
 IDX_UINT8_3D_MAGIC = 0x00000803
+
+#: The first two bytes of every gzip file (RFC 1952).
+GZIP_MAGIC = b"\x1f\x8b"
 
 #: Fixed seed of the random splits, so that every run uses the same test set.
 SPLIT_SEED = 0
@@ -145,6 +150,26 @@ def load_photo_splits(patch_size: int = 8, *, grayscale: bool = False) -> ImageS
     return ImageSplits(name, train, validation, test, num_bins=256)
 
 
+def _gunzip(compressed: bytes, where: str) -> bytes:
+    """Decompress gzip data; `where` names the file in the error message.
+
+    Raises:
+        UsageError: If the data are truncated or corrupt (a bad header, an invalid deflate
+            stream or a failed CRC-32 or length check).
+    """
+    try:
+        return gzip.decompress(compressed)
+    except EOFError:
+        problem = "the file is truncated: its gzip stream ends early"
+    except (OSError, zlib.error) as error:
+        # gzip raises BadGzipFile, an OSError, for a bad header or checksum, and zlib.error
+        # for an invalid deflate stream.
+        problem = f"the file is corrupt: its gzip data are invalid ({error})"
+    raise UsageError(
+        f"{where}: {problem}. Copy or download the file again, or pass the uncompressed IDX file."
+    )
+
+
 def read_idx_images(path: str | Path) -> torch.Tensor:
     """Read an IDX file of uint8 images (magic number 0x00000803), plain or gzip-compressed.
 
@@ -162,14 +187,14 @@ def read_idx_images(path: str | Path) -> torch.Tensor:
     where = f"--idx-images {str(path)!r}"
     try:
         raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise UsageError(f"{where}: file not found. Pass the path of an IDX image file such as train-images-idx3-ubyte.") from None
     except IsADirectoryError:
         raise UsageError(f"{where} is a folder. Pass the path of an IDX image file.") from None
-    except (OSError, EOFError) as error:
-        raise UsageError(f"{where}: cannot read the file ({error}). Check the path and the file's permissions.") from None
+    except OSError as error:
+        raise UsageError(f"{where}: cannot read the file ({error.strerror or error}). Check the path and the file's permissions.") from None
+    if raw[:2] == GZIP_MAGIC:
+        raw = _gunzip(raw, where)
 
     if len(raw) < 4:
         raise UsageError(
@@ -235,6 +260,18 @@ def check_levels(splits: ImageSplits, num_bins: int, option: str = "--num-bins")
             )
 
 
+def num_bins_range_problem(num_bins: int) -> str:
+    """Describe what is wrong with a number of levels K outside 2 to `MAX_NUM_BINS`, and the fix."""
+    problem = f"expected an integer from 2 to {MAX_NUM_BINS}, got {num_bins}"
+    if num_bins > MAX_NUM_BINS:
+        problem += (
+            f". The flow computes in float32, whose spacing near {num_bins} is too coarse to keep "
+            f"the dequantization noise inside bins that fine. Quantize the data to at most "
+            f"{MAX_NUM_BINS} levels."
+        )
+    return problem
+
+
 def load_data(
     dataset: str,
     *,
@@ -268,8 +305,8 @@ def load_data(
         raise UsageError(f"invalid --dataset {dataset!r}; choose digits, photos or idx")
 
     if num_bins is not None:
-        if num_bins < 2:
-            raise UsageError(f"--num-bins must be an integer >= 2, got {num_bins}")
+        if not 2 <= num_bins <= MAX_NUM_BINS:
+            raise UsageError(f"--num-bins: {num_bins_range_problem(num_bins)}")
         check_levels(splits, num_bins)
         splits = ImageSplits(splits.name, splits.train, splits.validation, splits.test, num_bins)
     else:

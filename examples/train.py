@@ -9,23 +9,34 @@ Examples:
 
 Run `python examples/train.py --help` for every option. Invalid input (options, data files,
 checkpoints, an output folder that cannot be written) ends the program with one message on
-stderr and exit status 2, before anything is written.
+stderr and exit status 2, before anything is written. A training loss that becomes NaN or
+infinite ends it with exit status 1. SIGINT and SIGTERM stop it with exit status 130 and 143.
+It then removes the temporary file it was writing, and checkpoint_last.pt contains the last
+completed epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The reusable parts live in the flowtrain package next to this script.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from flowtrain.data import num_bins_range_problem  # noqa: E402
 from flowtrain.errors import UsageError  # noqa: E402
-from flowtrain.model import DEQUANTIZATIONS, FlowConfig  # noqa: E402
+from flowtrain.model import DEQUANTIZATIONS, MAX_NUM_BINS, FlowConfig  # noqa: E402
 
 PROGRAM = "train.py"
+# More threads than this only add overhead, and very large counts make OpenBLAS fail to start.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 # The architecture defaults come from FlowConfig, so that the parser and the dataclass agree.
 # Shape and levels come from the data; these placeholders are never used.
 _DEFAULTS = FlowConfig(shape=(1, 2, 2), num_bins=2)
@@ -42,6 +53,22 @@ def _integer_at_least(minimum: int):
         return value
 
     return parse
+
+
+def _num_bins(text: str) -> int:
+    value = _integer_at_least(2)(text)
+    if value > MAX_NUM_BINS:
+        raise argparse.ArgumentTypeError(num_bins_range_problem(value))
+    return value
+
+
+def _threads(text: str) -> int:
+    value = _integer_at_least(1)(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 1 to {MAX_THREADS} (4 per CPU core of this machine), got {value}"
+        )
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -110,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--grayscale", action="store_true", help="convert photo patches to 1 gray channel (default: 3 RGB channels)")
     data.add_argument(
         "--num-bins",
-        type=_integer_at_least(2),
+        type=_num_bins,
         default=None,
-        help="number of levels K; every pixel value must be below it. Default: 17 for the "
-        "digits, 256 for photos and IDX files",
+        help=f"number of levels K, from 2 to {MAX_NUM_BINS} (the finest bins float32 resolves); "
+        "every pixel value must be below it. Default: 17 for the digits, 256 for photos and IDX files",
     )
 
     model = parser.add_argument_group("model")
@@ -174,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="device to train on. Default: cuda when available, else cpu. Under torchrun each CUDA process uses the GPU of its local rank",
     )
-    system.add_argument("--threads", type=_integer_at_least(1), default=None, help="CPU threads of each process (torch.set_num_threads); default: PyTorch's choice")
+    system.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help=f"CPU threads of each process (torch.set_num_threads), 1 to {MAX_THREADS}; default: PyTorch's choice",
+    )
     system.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm progress bar with the running training bpd on stderr")
     system.add_argument(
         "--digest-dir",
@@ -195,11 +227,69 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--idx-images applies to --dataset idx only, got --dataset {options.dataset}; drop one of them")
     if options.dataset == "idx" and options.idx_images is None:
         parser.error("--dataset idx needs --idx-images PATH, the IDX image file to train on")
+    if options.out == "":
+        parser.error("argument --out: expected a folder path, got an empty string")
+    if options.digest_dir == "":
+        parser.error("argument --digest-dir: expected a folder path, got an empty string")
     return options
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM.
+
+    It derives from BaseException, as KeyboardInterrupt does, so that `except Exception`
+    blocks let it pass and only cleanup code (`finally`, context managers) runs on its way out.
+    """
+
+
+@contextmanager
+def _stop_on_signals(received: list[signal.Signals]) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into exceptions in the main thread, for the duration of the block.
+
+    SIGINT raises KeyboardInterrupt and SIGTERM raises `Terminated`, so the cleanup code on the
+    way out runs: the atomic writer removes its temporary file. The handler appends the signal
+    to `received` first, because cleanup code may replace the exception with another one (as
+    torch.save does when its writer is interrupted). After the first signal, further SIGINT and
+    SIGTERM are ignored, so that a second one cannot interrupt that cleanup. Signals that the
+    parent process set to be ignored stay ignored. The block restores the previous handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    exceptions = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+    previous = {number: signal.getsignal(number) for number in exceptions}
+
+    def stop(number: int, frame: object) -> None:
+        for other in exceptions:
+            signal.signal(other, signal.SIG_IGN)
+        received.append(signal.Signals(number))
+        raise exceptions[number]()
+
+    try:
+        for number, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(number, stop)
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _report_interruption(name: str, out: str) -> None:
+    checkpoint = Path(out) / "checkpoint_last.pt"
+    message = f"{PROGRAM}: stopped by {name}."
+    if checkpoint.is_file():
+        message += f" {checkpoint} contains the last completed epoch; continue with --resume {checkpoint} and the same options."
+    print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the program and return its exit status: 0, or 2 for invalid input."""
+    """Run the program and return its exit status.
+
+    The status is 0 on success, 2 for invalid input, 1 if the training loss became NaN or
+    infinite, and 128 plus the signal number (130, 143) when SIGINT or SIGTERM stopped it.
+    """
     options = parse_options(argv)
 
     from flowtrain.distributed import world_from_environment
@@ -207,11 +297,21 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = world_from_environment()[0]
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    received: list[signal.Signals] = []
     try:
-        metrics = run_training(options)
-    except UsageError as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
-        return 2
+        with _stop_on_signals(received):
+            metrics = run_training(options)
+    except BaseException as error:
+        if received:
+            _report_interruption(received[0].name, options.out)
+            return 128 + received[0]
+        if isinstance(error, UsageError):
+            print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, FloatingPointError):
+            print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+            return 1
+        raise
 
     if metrics is not None:
         print(

@@ -2,9 +2,11 @@
 
 import gzip
 import json
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPT = EXAMPLES / "train.py"
 sys.path.insert(0, str(EXAMPLES))
 
+import compare_dequantization  # noqa: E402
 import train  # noqa: E402
 from flowtrain.data import read_idx_images  # noqa: E402
+from flowtrain.files import atomic_open  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -181,3 +185,136 @@ def test_read_idx_images_round_trip(tmp_path):
     assert loaded.shape == (5, 1, 3, 4)
     assert loaded.dtype == torch.int64
     assert torch.equal(loaded[:, 0], images)
+
+
+@pytest.mark.parametrize("exception", [KeyboardInterrupt, SystemExit, OSError])
+def test_atomic_open_removes_temporary_file(tmp_path, exception):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    with pytest.raises(exception), atomic_open(target) as handle:
+        handle.write(b"partial")
+        raise exception()
+
+    assert target.read_text() == "old"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_atomic_open_replaces_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    with atomic_open(target) as handle:
+        handle.write(b"new")
+
+    assert target.read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.parametrize(("number", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_leaves_no_temporary_files(tmp_path, number, status):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(SCRIPT), *TINY, "--epochs", "400", "--steps-per-epoch", "1",
+        "--device", "cpu", "--threads", "1", "--out", str(out),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint_last.pt").exists():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.02)
+        # A few more epochs, so that the signal may arrive while a checkpoint is being written.
+        time.sleep(0.3)
+        process.send_signal(number)
+        _, error = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == status
+    last_line = error.strip().splitlines()[-1]
+    assert last_line.startswith(f"train.py: stopped by {number.name}.")
+    assert f"continue with --resume {out / 'checkpoint_last.pt'}" in last_line
+    assert "Traceback" not in error
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        assert torch.load(out / name, weights_only=True)["epoch"] >= 1, name
+
+
+@pytest.mark.parametrize(
+    "train_options",
+    [
+        ["--dequantization", "variational"],
+        ["--dequantization=variational"],
+        ["--deq", "variational"],
+        ["--out", "elsewhere"],
+        ["--out=elsewhere"],
+        ["--epochs", "1"],
+        ["--threads=1"],
+        ["--progress"],
+    ],
+    ids=["dequantization", "dequantization-equals", "prefix", "out", "out-equals", "epochs", "threads", "progress"],
+)
+def test_compare_rejects_options_it_sets(tmp_path, capsys, train_options):
+    out = tmp_path / "compare"
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_dequantization.main(["--out", str(out), "--", "--steps-per-epoch", "1", *train_options])
+
+    assert exit_info.value.code == 2
+    assert f"train.py option {train_options[0]} after -- is not allowed" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_compare_out_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+
+    assert compare_dequantization.main(["--out", str(blocker)]) == 2
+
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+def write_metrics(folder, dequantization, test_bpd):
+    folder.mkdir(parents=True)
+    metrics = {
+        "dequantization": dequantization,
+        "dataset": "digits",
+        "num_images": {"test": 180},
+        "num_bins": 17,
+        "epochs": 1,
+        "iw_samples": 2,
+        "test_bpd": test_bpd,
+        "test_iw_bpd": test_bpd - 0.1,
+        "parameters": {"total": 1234},
+        "train_seconds": 3.0,
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_compare_table_labels_rows_from_metrics(tmp_path, capsys):
+    # The labels come from each run's metrics.json, not from the folder names.
+    write_metrics(tmp_path / "uniform", "variational", 2.5)
+    write_metrics(tmp_path / "variational", "variational", 2.25)
+
+    compare_dequantization.print_table(tmp_path, 10.0)
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "1 epoch;" in lines[0]
+    assert lines[1].startswith("dequantization  test bpd")
+    assert [line.split()[:2] for line in lines[3:]] == [["variational", "2.5000"], ["variational", "2.2500"]]
+    assert [line for line in lines if line != line.rstrip()] == []
+
+
+def test_quickstart_help_does_not_run():
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py"), "--help"], check=False, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: quickstart.py")
+    assert "test images" not in result.stdout

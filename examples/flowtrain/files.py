@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +14,41 @@ from flowtrain.errors import UsageError
 
 __all__ = ["atomic_open", "atomic_write_json", "prepare_output_dir"]
 
+# Random 48-bit names collide almost never; the limit only stops an endless loop.
+_NAME_ATTEMPTS = 100
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def _new_name(folder: Path, stem: str) -> Path:
+    return folder / f".{stem}.{secrets.token_hex(6)}.tmp"
+
+
+@contextmanager
+def _temporary_file(folder: Path, stem: str) -> Iterator[tuple[int, Path]]:
+    """Create an empty file `.<stem>.<random>.tmp` in `folder`, and remove it when the block ends.
+
+    Yields the open descriptor for writing and the path. The path is chosen before the file
+    is created, so an exception that arrives at any moment after the creation, such as the
+    KeyboardInterrupt or SystemExit raised by a signal handler, still finds the file to remove.
+    The file permissions are 0o666 less the umask, as for files that `open` creates.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    path: Path | None = None
+    try:
+        for _ in range(_NAME_ATTEMPTS):
+            path = _new_name(folder, stem)
+            try:
+                descriptor = os.open(path, flags, 0o666)
+            except FileExistsError:
+                # Another file has this name; it is not ours to remove.
+                path = None
+                continue
+            break
+        else:
+            raise FileExistsError(f"no free temporary file name in {str(folder)!r} after {_NAME_ATTEMPTS} attempts")
+        yield descriptor, path
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -26,22 +56,17 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """Open a temporary file next to `path` for binary writing, then move it onto `path`.
 
     The temporary file lies in the same folder, so `os.replace` renames it in one step and
-    readers see either the old file or the complete new one. If the block raises, the
-    temporary file is removed and `path` is left as it was.
+    readers see either the old file or the complete new one. If the block raises any
+    exception, KeyboardInterrupt and SystemExit included, the temporary file is removed and
+    `path` is left as it was.
     """
     target = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file readable by its owner only; give it the usual permissions.
-        os.chmod(temporary, 0o666 & ~_current_umask())
+    with _temporary_file(target.parent, target.name) as (descriptor, temporary):
         with os.fdopen(descriptor, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
@@ -70,9 +95,8 @@ def prepare_output_dir(path: str | os.PathLike[str], option: str = "--out") -> P
         )
     try:
         os.makedirs(folder, exist_ok=True)
-        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
-        os.close(descriptor)
-        os.unlink(probe)
+        with _temporary_file(folder, "write-check") as (descriptor, _):
+            os.close(descriptor)
     except OSError as error:
         reason = error.strerror or str(error)
         raise UsageError(

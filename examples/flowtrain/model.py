@@ -17,12 +17,17 @@ from nflows.transforms.coupling import AffineCouplingTransform
 from torch import nn
 
 from flowext import Logit, Scale
+from flowext._numerics import resolvable_bins
 from flowext.nflows import StandardNormal, TransformAdapter, UniformDequantizer, VariationalDequantizer
 from flowtrain.coupling import CheckerboardAffineCoupling, ConvNet
 
-__all__ = ["DEQUANTIZATIONS", "FlowConfig", "LogLikelihood", "build_flow", "count_parameters"]
+__all__ = ["DEQUANTIZATIONS", "MAX_NUM_BINS", "FlowConfig", "LogLikelihood", "build_flow", "count_parameters"]
 
 DEQUANTIZATIONS = ("uniform", "variational")
+
+#: The largest number of levels K the flow supports. It computes in float32, and for larger K
+#: the float32 spacing near K is too coarse to keep the dequantization noise inside each bin.
+MAX_NUM_BINS = resolvable_bins(torch.float32)
 
 
 @dataclass(frozen=True)

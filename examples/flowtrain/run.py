@@ -19,7 +19,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from flowext import Dequantize
-from flowtrain.checkpoint import FORMAT_VERSION, check_compatible, load_checkpoint, save_checkpoint
+from flowtrain.checkpoint import (
+    FORMAT_VERSION,
+    check_compatible,
+    check_epochs,
+    check_states,
+    load_checkpoint,
+    restore_states,
+    save_checkpoint,
+)
 from flowtrain.data import ImageSplits, load_data
 from flowtrain.distributed import DistributedContext, init_distributed, shutdown_distributed, world_from_environment
 from flowtrain.errors import UsageError
@@ -127,8 +135,11 @@ def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
 
     checkpoint = None
     if options.resume is not None:
+        where = f"--resume {str(options.resume)!r}"
         checkpoint = load_checkpoint(options.resume)
-        check_compatible(checkpoint, config, splits.name, f"--resume {str(options.resume)!r}")
+        check_compatible(checkpoint, config, splits.name, where)
+        check_epochs(checkpoint, options.epochs, where)
+        check_states(checkpoint, config, options.lr, where)
 
     rank = world_from_environment()[0]
     output_dir = prepare_output_dir(options.out) if rank == 0 else Path(options.out)
@@ -164,8 +175,7 @@ def _train_and_evaluate(
     history: dict[str, list[float]] = {"train_bpd": [], "validation_bpd": [], "epoch_seconds": []}
     train_seconds = 0.0
     if checkpoint is not None:
-        flow.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_states(checkpoint, flow, optimizer, f"--resume {str(options.resume)!r}")
         for group in optimizer.param_groups:
             group["lr"] = options.lr
         start_epoch = int(checkpoint["epoch"])

@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Uniform against variational dequantization on the digits: two trainings side by side, then a
-# table of test bits per dimension (a few minutes on 2 CPU cores).
+# table of test bits per dimension (about 1 to 2 minutes on 2 CPU cores).
 demo: $(STAMP)
 	$(BIN)/python examples/compare_dequantization.py --out runs/demo
 

@@ -8,7 +8,12 @@ bits per dimension, parameters and training time from each run's metrics.json.
 Usage:
     python examples/compare_dequantization.py [--out DIR] [--sequential] [-- TRAIN_OPTIONS...]
 
-Options after `--` go to both runs of train.py, e.g. `-- --dataset photos --epochs 10`.
+Options after `--` go to both runs of train.py, e.g. `-- --dataset photos --batch-size 32`.
+The options this script sets for each run (--dequantization, --out, --epochs, --threads and
+--progress) are rejected there; use this script's --out, --epochs and --threads instead.
+
+Exit status: 0 on success, 2 for invalid options, that of a failed run otherwise, and 130 or
+143 when SIGINT or SIGTERM stopped the script (the runs receive the same signal).
 """
 
 from __future__ import annotations
@@ -16,13 +21,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+PROGRAM = "compare_dequantization.py"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 DEQUANTIZATIONS = ("uniform", "variational")
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+# train.py options that this script sets for each run, and why they cannot be passed after --.
+RESERVED_OPTIONS = {
+    "--dequantization": "this script runs train.py once with --dequantization uniform and once with variational",
+    "--out": "the runs write to DIR/uniform and DIR/variational; pass --out DIR before --",
+    "--epochs": "this script passes its own --epochs to both runs; pass --epochs before --",
+    "--threads": "this script passes its own --threads to both runs; pass --threads before --",
+    "--progress": "this script passes --no-progress, because the runs write to log files",
+    "--no-progress": "this script passes --no-progress already",
+}
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def _terminate(number: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _integer_in_range(minimum: int, maximum: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", metavar="DIR", default="runs/demo", help="parent folder of the two run folders, DIR/uniform and DIR/variational")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs of each run")
+    parser.add_argument("--epochs", type=_integer_in_range(1), default=20, help="epochs of each run")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_integer_in_range(1, MAX_THREADS),
         default=max(1, (os.cpu_count() or 2) // 2),
-        help="CPU threads of each run (train.py --threads); the default is half of this machine's cores",
+        help=f"CPU threads of each run (train.py --threads), 1 to {MAX_THREADS}; the default is half of this machine's cores",
     )
     parser.add_argument("--sequential", action="store_true", help="run one training after the other instead of side by side")
     parser.add_argument("train_options", nargs=argparse.REMAINDER, help="options after -- are passed to both runs of train.py")
@@ -49,9 +89,41 @@ def run_folder(out: Path, dequantization: str) -> Path:
     return out / dequantization
 
 
+def train_options(remainder: list[str]) -> list[str]:
+    """Return the options for train.py: those after the first `--`."""
+    return remainder[1:] if remainder[:1] == ["--"] else remainder
+
+
+def reserved_option(token: str, train_option_strings: list[str]) -> str | None:
+    """Return the reserved train.py option that `token` names, or None.
+
+    Accepts both `--option value` and `--option=value`, and resolves unique prefixes the way
+    train.py's argparse parser does, so `--deq` names --dequantization.
+    """
+    if not token.startswith("--") or token == "--":
+        return None
+    name = token.split("=", 1)[0]
+    matches = [name] if name in train_option_strings else [option for option in train_option_strings if option.startswith(name)]
+    if len(matches) == 1 and matches[0] in RESERVED_OPTIONS:
+        return matches[0]
+    return None
+
+
+def check_train_options(parser: argparse.ArgumentParser, options: list[str]) -> None:
+    """Reject train.py options after `--` that this script sets for each run itself."""
+    sys.path.insert(0, str(TRAIN_SCRIPT.parent))
+    from train import build_parser as build_train_parser
+
+    train_option_strings = [option for action in build_train_parser()._actions for option in action.option_strings]
+    for token in options:
+        reserved = reserved_option(token, train_option_strings)
+        if reserved is not None:
+            parser.error(f"train.py option {token} after -- is not allowed: {RESERVED_OPTIONS[reserved]}")
+
+
 def start_run(options: argparse.Namespace, dequantization: str) -> tuple[subprocess.Popen, Path]:
     """Start one training run; its output goes to DIR/<dequantization>.log."""
-    extra = [option for option in options.train_options if option != "--"]
+    extra = train_options(options.train_options)
     folder = run_folder(Path(options.out), dequantization)
     command = [
         sys.executable, str(TRAIN_SCRIPT),
@@ -75,7 +147,7 @@ def print_table(out: Path, wall_seconds: float) -> None:
         metrics = json.loads((run_folder(out, dequantization) / "metrics.json").read_text())
         rows.append(
             (
-                dequantization,
+                metrics["dequantization"],
                 f"{metrics['test_bpd']:.4f}",
                 f"{metrics['test_iw_bpd']:.4f}",
                 f"{metrics['parameters']['total']:,}",
@@ -88,45 +160,89 @@ def print_table(out: Path, wall_seconds: float) -> None:
 
     print(
         f"\n{first['dataset']}: {first['num_images']['test']} test images, K = {first['num_bins']}, "
-        f"{first['epochs']} epochs; the two runs took {wall_seconds:.0f} s of wall-clock time"
+        f"{first['epochs']} epoch{'' if first['epochs'] == 1 else 's'}; the two runs took "
+        f"{wall_seconds:.0f} s of wall-clock time"
     )
-    print("  ".join(name.ljust(width) for name, width in zip(header, widths)))
-    print("  ".join("-" * width for width in widths))
-    for row in rows:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths)))
+    for row in (header, tuple("-" * width for width in widths), *rows):
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.out == "":
+        parser.error("argument --out: expected a folder path, got an empty string")
+    check_train_options(parser, train_options(options.train_options))
     out = Path(options.out)
-    started = time.perf_counter()
 
+    if out.exists() and not out.is_dir():
+        print(f"{PROGRAM}: error: --out {str(out)!r} is an existing file, not a folder. Pass a folder path.", file=sys.stderr)
+        return 2
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        print(f"compare_dequantization.py: error: cannot create --out {str(out)!r}: {error.strerror}. Pass a folder you can write to.", file=sys.stderr)
+        print(f"{PROGRAM}: error: cannot create --out {str(out)!r}: {error.strerror}. Pass a folder you can write to.", file=sys.stderr)
         return 2
 
-    statuses = {}
-    if options.sequential:
-        for dequantization in DEQUANTIZATIONS:
-            process, log_path = start_run(options, dequantization)
-            statuses[dequantization] = (process.wait(), log_path)
-    else:
-        running = {dequantization: start_run(options, dequantization) for dequantization in DEQUANTIZATIONS}
-        for dequantization, (process, log_path) in running.items():
-            statuses[dequantization] = (process.wait(), log_path)
+    started = time.perf_counter()
+    previous_handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _terminate)
+    running: dict[str, tuple[subprocess.Popen, Path]] = {}
+    try:
+        statuses = run_all(options, running)
+    except (KeyboardInterrupt, Terminated) as interruption:
+        number = signal.SIGINT if isinstance(interruption, KeyboardInterrupt) else signal.SIGTERM
+        # Further signals would interrupt the wait for the runs to exit.
+        for other in previous_handlers:
+            signal.signal(other, signal.SIG_IGN)
+        stop_runs(running, number)
+        print(f"{PROGRAM}: stopped by {number.name}. The runs' logs are in {out}.", file=sys.stderr)
+        return 128 + number
+    finally:
+        for signal_number, handler in previous_handlers.items():
+            signal.signal(signal_number, handler)
     wall_seconds = time.perf_counter() - started
 
     failed = {name: (status, log) for name, (status, log) in statuses.items() if status != 0}
     for name, (status, log_path) in failed.items():
-        print(f"compare_dequantization.py: error: the {name} run failed with exit status {status}; its output is in {log_path}:", file=sys.stderr)
+        print(f"{PROGRAM}: error: the {name} run failed with exit status {status}; its output is in {log_path}:", file=sys.stderr)
         print(log_path.read_text(encoding="utf-8")[-2000:], file=sys.stderr)
     if failed:
         return max(status for status, _ in failed.values())
 
     print_table(out, wall_seconds)
     return 0
+
+
+def run_all(options: argparse.Namespace, running: dict[str, tuple[subprocess.Popen, Path]]) -> dict[str, tuple[int, Path]]:
+    """Run both trainings and return each one's exit status and log path.
+
+    `running` receives every started process, so that the caller can stop them.
+    """
+    statuses = {}
+    if options.sequential:
+        for dequantization in DEQUANTIZATIONS:
+            running[dequantization] = start_run(options, dequantization)
+            process, log_path = running[dequantization]
+            statuses[dequantization] = (process.wait(), log_path)
+    else:
+        for dequantization in DEQUANTIZATIONS:
+            running[dequantization] = start_run(options, dequantization)
+        for dequantization, (process, log_path) in running.items():
+            statuses[dequantization] = (process.wait(), log_path)
+    return statuses
+
+
+def stop_runs(running: dict[str, tuple[subprocess.Popen, Path]], number: signal.Signals) -> None:
+    """Send signal `number` to the runs that are still going, and wait for them to exit.
+
+    A SIGINT from a terminal reaches the runs too, and train.py ignores the second copy.
+    """
+    for process, _ in running.values():
+        if process.poll() is None:
+            process.send_signal(number)
+    for process, _ in running.values():
+        process.wait()
 
 
 if __name__ == "__main__":

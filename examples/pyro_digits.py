@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -46,12 +48,29 @@ NUM_PIXELS = 64
 NUM_TRAIN = 1500
 
 
+# numpy's legacy seeding, which pyro.set_rng_seed calls, takes seeds from 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# More threads than this only add overhead, and very large counts make OpenBLAS fail to start.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+EXIT_DIVERGED = 1
+
+
+class TrainingDiverged(Exception):
+    """Training made the loss or the model's log-likelihood NaN or infinite."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Fit a Pyro coupling flow to the 8x8 digits with uniform and with learned "
             "(variational) dequantization, and report test bits per dimension."
-        )
+        ),
+        epilog=(
+            "Exit status: 0 on success, 2 for invalid options, and "
+            f"{EXIT_DIVERGED} if training diverges (the loss or the log-likelihood becomes NaN or "
+            "infinite), for example with a too large --lr."
+        ),
     )
     parser.add_argument(
         "--dequantization",
@@ -84,19 +103,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64,
         help="hidden units of the learned noise flow and its context network (default: 64)",
     )
-    parser.add_argument("--alpha", type=float, default=0.05, help="squashing constant of Logit (default: 0.05)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="squashing constant of Logit, in [0, 1) (default: 0.05)")
     parser.add_argument(
         "--iw-samples",
         type=int,
         default=128,
         help="dequantization draws per test image for the importance-weighted estimate (default: 128)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, initialization and noise (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help=f"seed of the data split, initialization and noise, 0 to {MAX_SEED} (default: 0)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (default: 1, because networks this small gain little from more)",
+        help=f"torch CPU threads, 1 to {MAX_THREADS} (default: 1, because networks this small gain little from more)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object instead of a table")
     args = parser.parse_args(argv)
@@ -104,8 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "batch_size", "layers", "hidden", "noise_layers", "noise_hidden", "iw_samples", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.threads > MAX_THREADS:
+        parser.error(f"--threads must be at most {MAX_THREADS} (4 per CPU core of this machine), got {args.threads}")
+    if not 0 < args.lr < math.inf:
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0 <= args.alpha < 1:
+        parser.error(f"--alpha must be a number in [0, 1), got {args.alpha}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be an integer from 0 to {MAX_SEED}, got {args.seed}")
     return args
 
 
@@ -185,6 +215,17 @@ def evaluate(
     return float(bits_per_dim(one_draw.mean(), NUM_PIXELS)), float(bits_per_dim(weighted.mean(), NUM_PIXELS))
 
 
+def log_likelihood_is_finite(model: Callable[[torch.Tensor], None], batch: torch.Tensor) -> bool:
+    """Return whether the model gives every image of `batch` a finite log-likelihood bound.
+
+    Pyro's and torch's argument checks are off here, so NaN values yield False instead of a
+    ValueError. torch's random state is restored afterwards, so the check does not change
+    the noise of later steps.
+    """
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+        return bool(torch.isfinite(observed_distribution(model, batch).log_prob(batch)).all())
+
+
 def train_and_evaluate(
     args: argparse.Namespace, dequantization: str, train: torch.Tensor, test: torch.Tensor
 ) -> dict[str, object]:
@@ -195,14 +236,32 @@ def train_and_evaluate(
     model = make_model(transforms)
     svi = SVI(model, empty_guide, Adam({"lr": args.lr}), Trace_ELBO())
 
+    def diverged(steps: int) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"training of the {dequantization} model diverged: after {steps} SVI step{'' if steps == 1 else 's'} "
+            f"its log-likelihood bound of a training batch is NaN or infinite. Pass a smaller --lr than {args.lr}."
+        )
+
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     train_bpd = math.nan
-    for _ in range(args.steps):
+    for step in range(1, args.steps + 1):
         batch = train[torch.randint(0, len(train), (args.batch_size,), generator=generator)]
-        loss = svi.step(batch)  # minus the summed log-likelihood bound of the batch, in nats
+        try:
+            loss = svi.step(batch)  # minus the summed log-likelihood bound of the batch, in nats
+        except ValueError:
+            # Pyro rejects NaN values at the observed site with a ValueError and a long trace.
+            # Any other ValueError is a bug and propagates.
+            if log_likelihood_is_finite(model, batch):
+                raise
+            raise diverged(step - 1) from None
         train_bpd = loss / (args.batch_size * NUM_PIXELS * math.log(2))
+        if not math.isfinite(train_bpd):
+            raise diverged(step - 1)
     train_seconds = time.perf_counter() - start
+    # The last step's loss was computed before its update, so check the final parameters too.
+    if not log_likelihood_is_finite(model, batch):
+        raise diverged(args.steps)
 
     one_draw_bpd, iw_bpd = evaluate(model, test, args.iw_samples)
     num_parameters = sum(p.numel() for p in pyro.get_param_store().values())
@@ -219,17 +278,21 @@ def train_and_evaluate(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
 
     train, test = load_data(args.seed)
     variants = ["uniform", "learned"] if args.dequantization == "both" else [args.dequantization]
-    results = [train_and_evaluate(args, variant, train, test) for variant in variants]
+    try:
+        results = [train_and_evaluate(args, variant, train, test) for variant in variants]
+    except TrainingDiverged as error:
+        print(f"pyro_digits.py: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
 
     if args.json:
         print(json.dumps({"test_images": len(test), "results": results}))
-        return
+        return 0
 
     print(f"{len(test)} test images, {args.steps} SVI steps of {args.batch_size} images, {args.coupling} coupling")
     header = f"{'dequantization':<16}{'parameters':>12}{'train s':>10}{'bpd 1 draw':>12}{'bpd IW':>10}"
@@ -244,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"transforms of site 'x' in a trace of the {result['dequantization']} model:")
         for name in result["trace_transforms"]:
             print(f"  {name}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

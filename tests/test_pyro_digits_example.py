@@ -13,6 +13,10 @@ pytest.importorskip("nflows")
 pytest.importorskip("sklearn")
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "examples" / "pyro_digits.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+import pyro_digits  # noqa: E402
+
 TINY_BUDGET = [
     "--steps", "2",
     "--batch-size", "16",
@@ -36,6 +40,7 @@ def test_help_lists_options():
     assert result.returncode == 0, result.stderr
     for option in ("--dequantization", "--steps", "--coupling", "--iw-samples", "--json"):
         assert option in result.stdout
+    assert "1 if training diverges" in " ".join(result.stdout.split())
 
 
 def test_rejects_zero_steps():
@@ -43,6 +48,37 @@ def test_rejects_zero_steps():
 
     assert result.returncode == 2
     assert "--steps must be at least 1, got 0" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--alpha", "1.5"], "--alpha must be a number in [0, 1), got 1.5"),
+        (["--alpha", "-1"], "--alpha must be a number in [0, 1), got -1.0"),
+        (["--alpha", "nan"], "--alpha must be a number in [0, 1), got nan"),
+        (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
+        (["--seed", str(2**32)], f"--seed must be an integer from 0 to 4294967295, got {2**32}"),
+        (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+        (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+        (["--threads", "100000"], f"--threads must be at most {pyro_digits.MAX_THREADS}"),
+    ],
+    ids=["alpha-above-1", "alpha-negative", "alpha-nan", "seed-negative", "seed-too-large", "lr-inf", "lr-nan", "threads"],
+)
+def test_rejects_invalid_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        pyro_digits.parse_args(argv)
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_diverging_training_stops_with_message():
+    result = run_script(*TINY_BUDGET, "--dequantization", "uniform", "--lr", "1e30")
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("pyro_digits.py: error: training of the uniform model diverged: after 1 SVI step")
+    assert "Pass a smaller --lr than 1e+30." in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_tiny_run_reports_bpd_and_trace():

@@ -11,6 +11,7 @@ Run with `python examples/quickstart.py` (no download; the digits ship with scik
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -22,7 +23,18 @@ NUM_BINS = 17
 ALPHA = 0.05
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line, which has no options besides --help."""
+    parser = argparse.ArgumentParser(
+        prog="quickstart.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="The script has no options: it fits the model, evaluates it and prints a table.",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse_args(argv)
     torch.manual_seed(0)
     images = torch.as_tensor(load_digits().images, dtype=torch.int64)  # (1797, 8, 8), 0..16
     permutation = torch.randperm(len(images))

@@ -72,6 +72,14 @@ class Compose(ComposeTransform):
                 )
         super().__init__(parts, cache_size=check_cache_size(cache_size))
 
+        # How many rightmost dimensions of each part's log-det belong to the chain's event,
+        # computed once: the constraints behind event_dim are rebuilt on every access.
+        event_dim = self.domain.event_dim
+        self._sum_dims = []
+        for part in parts:
+            self._sum_dims.append(event_dim - part.domain.event_dim)
+            event_dim += part.codomain.event_dim - part.domain.event_dim
+
     @property
     def inv(self) -> Compose:  # type: ignore[override]
         inverse = self._inv
@@ -98,12 +106,10 @@ class Compose(ComposeTransform):
 
     def call_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the output and the summed log-det, calling each part once."""
-        event_dim = self.domain.event_dim
         total: torch.Tensor | int = 0
-        for part in self.parts:
+        for part, sum_dims in zip(self.parts, self._sum_dims):
             x, ladj = call_and_ladj(part, x)
-            total = total + sum_rightmost(ladj, event_dim - part.domain.event_dim)
-            event_dim += part.codomain.event_dim - part.domain.event_dim
+            total = total + sum_rightmost(ladj, sum_dims)
         return x, total  # type: ignore[return-value]
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -122,12 +128,10 @@ class Compose(ComposeTransform):
         for index in range(first_unknown):
             values[index + 1] = parts[index](values[index])
 
-        event_dim = self.domain.event_dim
         total: torch.Tensor | int = 0
-        for index, part in enumerate(parts):
+        for index, (part, sum_dims) in enumerate(zip(parts, self._sum_dims)):
             ladj = part.log_abs_det_jacobian(values[index], values[index + 1])
-            total = total + sum_rightmost(ladj, event_dim - part.domain.event_dim)
-            event_dim += part.codomain.event_dim - part.domain.event_dim
+            total = total + sum_rightmost(ladj, sum_dims)
         return total  # type: ignore[return-value]
 
 

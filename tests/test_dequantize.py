@@ -126,6 +126,17 @@ def test_dequantize_generator_makes_noise_reproducible():
     assert not torch.equal(first, third)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_dequantize_forward_equals_apply_noise_of_the_same_draws(dtype):
+    # The forward adds the noise in place; it must round exactly as x + (m + (1 - 2m) u) does.
+    x = torch.randint(0, 256, (4096,)).to(dtype)
+    noise = torch.rand(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
+
+    y = Dequantize(256, generator=torch.Generator().manual_seed(3))(x)
+
+    assert torch.equal(y, Dequantize(256).apply_noise(x, noise))
+
+
 def test_dequantize_draws_fresh_noise_each_call():
     t = Dequantize(17)
     x = torch.zeros(100, dtype=torch.long)

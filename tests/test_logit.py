@@ -87,6 +87,26 @@ def test_logit_call_and_ladj_matches_separate_calls(alpha):
     torch.testing.assert_close(x_back, x)
 
 
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no-grad", "grad"])
+def test_logit_summed_log_det_matches_autograd(alpha, requires_grad):
+    # With event_dim > 0, call_and_ladj sums log s and log(1 - s) per event before combining
+    # them, and without autograd it takes the logarithms in place.
+    t = Logit(alpha, event_dim=2, cache_size=0)
+    x = torch.rand(4, 3, 5, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
+    original = x.clone()
+
+    y, ladj = t.call_and_ladj(x.requires_grad_(requires_grad))
+
+    diagonal, off_diagonal = elementwise_jacobian(t, x)
+    assert off_diagonal == 0
+    torch.testing.assert_close(ladj, diagonal.abs().log().sum(dim=(-2, -1)))
+    torch.testing.assert_close(ladj, t.log_abs_det_jacobian(x, y))
+    assert torch.equal(y, t(x))
+    assert torch.equal(x.detach(), original)
+    assert y.requires_grad == requires_grad
+
+
 def test_logit_plain_boundaries_are_infinite_not_nan():
     t = Logit(alpha=0.0)
     x = torch.tensor([0.0, 1.0])

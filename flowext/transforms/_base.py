@@ -79,6 +79,15 @@ class ElementwiseTransform(Transform):
         x = self._inverse(y)
         return x, self._inverse_elementwise_ladj(y, x)
 
+    def _call_with_summed_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `t(x)` and the log-det summed over the event dimensions.
+
+        Subclasses override it when summing the parts of the log-det separately saves
+        allocating the elementwise log-det.
+        """
+        y, ladj = self._call_with_ladj(x)
+        return y, self._sum_event(ladj, y)
+
     # -- Shape, constraints and the summed log-det ------------------------------------------
 
     @property
@@ -145,10 +154,10 @@ class ElementwiseTransform(Transform):
             if x is x_old:
                 return y_old, self.log_abs_det_jacobian(x, y_old)
 
-        y, ladj = self._call_with_ladj(x)
+        y, ladj = self._call_with_summed_ladj(x)
         if self._cache_size == 1:
             self._cached_x_y = x, y
-        return y, self._sum_event(ladj, y)
+        return y, ladj
 
     def _inverse_call_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache_size == 1:

@@ -10,7 +10,7 @@ from torch.distributions import constraints
 
 from flowext._checks import check_alpha
 from flowext._constraints import OpenInterval
-from flowext.transforms._base import REQUIRED, ElementwiseTransform
+from flowext.transforms._base import REQUIRED, ElementwiseTransform, sum_rightmost
 
 __all__ = ["Logit"]
 
@@ -100,9 +100,14 @@ class Logit(ElementwiseTransform):
             x = x.to(torch.get_default_dtype())
         if self.alpha == 0.0:
             return torch.log(x), torch.log(1 - x)
-        s = x * self._slope + self._half_alpha
-        one_minus_s = (1 - x) * self._slope + self._half_alpha
-        return torch.log(s), torch.log(one_minus_s)
+        # The in-place steps round as the out-of-place formulas do and allocate less; autograd
+        # needs neither their inputs nor their outputs.
+        s = torch.mul(x, self._slope).add_(self._half_alpha)
+        one_minus_s = torch.rsub(x, 1).mul_(self._slope).add_(self._half_alpha)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # The gradient of log needs its input, so that input stays.
+            return torch.log(s), torch.log(one_minus_s)
+        return s.log_(), one_minus_s.log_()
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         log_s, log_one_minus_s = self._log_squashed(x)
@@ -119,6 +124,20 @@ class Logit(ElementwiseTransform):
         y = log_s - log_one_minus_s
         ladj = self._log_slope - log_s - log_one_minus_s
         return y, ladj
+
+    def _call_with_summed_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        event_dim = self.event_dim
+        if event_dim == 0:
+            return self._call_with_ladj(x)
+
+        # Summing log s and log(1 - s) over each event before combining them saves allocating
+        # the elementwise log-det.
+        self._check_dims(x)
+        log_s, log_one_minus_s = self._log_squashed(x)
+        y = log_s - log_one_minus_s
+        event_size = math.prod(x.shape[x.dim() - event_dim :])
+        ladj = sum_rightmost(log_s, event_dim).add_(sum_rightmost(log_one_minus_s, event_dim))
+        return y, ladj.neg_().add_(self._log_slope * event_size)
 
     def _inverse_parts(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return x, -|y| and exp(-|y|), which the inverse log-det reuses."""

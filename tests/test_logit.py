@@ -107,6 +107,45 @@ def test_logit_summed_log_det_matches_autograd(alpha, requires_grad):
     assert y.requires_grad == requires_grad
 
 
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no-grad", "grad"])
+def test_logit_inverse_summed_log_det_matches_autograd(alpha, requires_grad):
+    t = Logit(alpha, event_dim=2, cache_size=0)
+    y = (torch.randn(4, 3, 5, dtype=torch.float64) * 4).clamp(-t.bound, t.bound)
+    y[0, 0, 0] = 0.0
+    original = y.clone()
+
+    x, ladj = t.inv.call_and_ladj(y.requires_grad_(requires_grad))
+
+    diagonal, off_diagonal = elementwise_jacobian(t.inv, y)
+    assert off_diagonal == 0
+    torch.testing.assert_close(ladj, diagonal.abs().log().sum(dim=(-2, -1)))
+    torch.testing.assert_close(ladj, t.inv.log_abs_det_jacobian(y, x))
+    assert torch.equal(x, t.inv(y))
+    assert torch.equal(y.detach(), original)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
+def test_logit_inverse_gradient_at_zero(alpha):
+    # The inverse folds y to -|y|; the gradient at y = 0 must be sigmoid'(0) / (1 - alpha), not
+    # the 0 that the gradient of abs would give.
+    y = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+
+    Logit(alpha).inv(y).sum().backward()
+
+    torch.testing.assert_close(y.grad, torch.tensor([0.25 / (1 - alpha)], dtype=torch.float64))
+
+
+def test_logit_inverse_is_exactly_mirrored_and_keeps_nan():
+    t = Logit(0.05)
+    y = torch.linspace(0, t.bound, 1001)[1:]
+
+    # For y > 0 the inverse is 1 minus the value it gives at -y, computed the same way.
+    assert torch.equal(t.inv(y), 1 - t.inv(-y))
+    assert torch.isnan(t.inv(torch.tensor([float("nan")]))).all()
+    assert torch.equal(Logit(0.0).inv(torch.tensor([-math.inf, math.inf])), torch.tensor([0.0, 1.0]))
+
+
 def test_logit_plain_boundaries_are_infinite_not_nan():
     t = Logit(alpha=0.0)
     x = torch.tensor([0.0, 1.0])

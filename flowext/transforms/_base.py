@@ -79,6 +79,11 @@ class ElementwiseTransform(Transform):
         x = self._inverse(y)
         return x, self._inverse_elementwise_ladj(y, x)
 
+    def _inverse_with_summed_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `t.inv(y)` and the inverse log-det summed over the event dimensions."""
+        x, ladj = self._inverse_with_ladj(y)
+        return x, self._sum_event(ladj, x)
+
     def _call_with_summed_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return `t(x)` and the log-det summed over the event dimensions.
 
@@ -165,10 +170,10 @@ class ElementwiseTransform(Transform):
             if y is y_old:
                 return x_old, self._inverse_log_abs_det_jacobian(y, x_old)
 
-        x, ladj = self._inverse_with_ladj(y)
+        x, ladj = self._inverse_with_summed_ladj(y)
         if self._cache_size == 1:
             self._cached_x_y = x, y
-        return x, self._sum_event(ladj, x)
+        return x, ladj
 
     # -- Inverse, cache, equality, printing, pickling ----------------------------------------
 

@@ -146,6 +146,26 @@ def test_logit_inverse_is_exactly_mirrored_and_keeps_nan():
     assert torch.equal(Logit(0.0).inv(torch.tensor([-math.inf, math.inf])), torch.tensor([0.0, 1.0]))
 
 
+# torch.func scripts a helper on first use, which warns on torch 2.13.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_logit_log_det_gradients_under_torch_func(direction):
+    # The in-place steps must not break torch.func's transforms, which wrap the input.
+    t = Logit(0.05, event_dim=1, cache_size=0)
+    t = t if direction == "forward" else t.inv
+    x = torch.rand(3, 4, dtype=torch.float64) if direction == "forward" else torch.randn(3, 4, dtype=torch.float64)
+
+    batched = torch.func.vmap(torch.func.grad(lambda v: t.call_and_ladj(v)[1]))(x)
+    reverse = torch.func.jacrev(t)(x[0])
+    forward = torch.func.jacfwd(t)(x[0])
+
+    reference = x.clone().requires_grad_()
+    t.call_and_ladj(reference)[1].sum().backward()
+    torch.testing.assert_close(batched, reference.grad)
+    torch.testing.assert_close(reverse, forward)
+    torch.testing.assert_close(torch.diagonal(reverse).abs().log().sum(), t.call_and_ladj(x[0])[1])
+
+
 def test_logit_plain_boundaries_are_infinite_not_nan():
     t = Logit(alpha=0.0)
     x = torch.tensor([0.0, 1.0])

@@ -148,7 +148,7 @@ class Logit(ElementwiseTransform):
         arithmetic rather than a boolean mask, since selecting with a mask costs several times
         more on the CPU. NaN stays NaN.
         """
-        upper = torch.sign(y.detach()).clamp_(min=0)
+        upper = torch.sign(y.detach()).clamp(min=0)
         return upper, y * upper.mul(-2).add_(1)
 
     def _inverse_parts(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -89,9 +89,9 @@ def test_logit_call_and_ladj_matches_separate_calls(alpha):
 
 @pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no-grad", "grad"])
-def test_logit_summed_log_det_matches_autograd(alpha, requires_grad):
-    # With event_dim > 0, call_and_ladj sums log s and log(1 - s) per event before combining
-    # them, and without autograd it takes the logarithms in place.
+def test_logit_event_log_det_matches_autograd(alpha, requires_grad):
+    # call_and_ladj builds the log-det in place on log s, and without autograd it also takes
+    # the logarithms in place; both must leave the input and the gradient as they were.
     t = Logit(alpha, event_dim=2, cache_size=0)
     x = torch.rand(4, 3, 5, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
     original = x.clone()
@@ -109,7 +109,7 @@ def test_logit_summed_log_det_matches_autograd(alpha, requires_grad):
 
 @pytest.mark.parametrize("alpha", ALPHAS, ids=lambda a: f"alpha={a}")
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no-grad", "grad"])
-def test_logit_inverse_summed_log_det_matches_autograd(alpha, requires_grad):
+def test_logit_inverse_event_log_det_matches_autograd(alpha, requires_grad):
     t = Logit(alpha, event_dim=2, cache_size=0)
     y = (torch.randn(4, 3, 5, dtype=torch.float64) * 4).clamp(-t.bound, t.bound)
     y[0, 0, 0] = 0.0

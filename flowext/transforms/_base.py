@@ -79,20 +79,6 @@ class ElementwiseTransform(Transform):
         x = self._inverse(y)
         return x, self._inverse_elementwise_ladj(y, x)
 
-    def _inverse_with_summed_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return `t.inv(y)` and the inverse log-det summed over the event dimensions."""
-        x, ladj = self._inverse_with_ladj(y)
-        return x, self._sum_event(ladj, x)
-
-    def _call_with_summed_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return `t(x)` and the log-det summed over the event dimensions.
-
-        Subclasses override it when summing the parts of the log-det separately saves
-        allocating the elementwise log-det.
-        """
-        y, ladj = self._call_with_ladj(x)
-        return y, self._sum_event(ladj, y)
-
     # -- Shape, constraints and the summed log-det ------------------------------------------
 
     @property
@@ -159,10 +145,10 @@ class ElementwiseTransform(Transform):
             if x is x_old:
                 return y_old, self.log_abs_det_jacobian(x, y_old)
 
-        y, ladj = self._call_with_summed_ladj(x)
+        y, ladj = self._call_with_ladj(x)
         if self._cache_size == 1:
             self._cached_x_y = x, y
-        return y, ladj
+        return y, self._sum_event(ladj, y)
 
     def _inverse_call_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache_size == 1:
@@ -170,10 +156,10 @@ class ElementwiseTransform(Transform):
             if y is y_old:
                 return x_old, self._inverse_log_abs_det_jacobian(y, x_old)
 
-        x, ladj = self._inverse_with_summed_ladj(y)
+        x, ladj = self._inverse_with_ladj(y)
         if self._cache_size == 1:
             self._cached_x_y = x, y
-        return x, ladj
+        return x, self._sum_event(ladj, x)
 
     # -- Inverse, cache, equality, printing, pickling ----------------------------------------
 

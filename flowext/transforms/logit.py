@@ -10,7 +10,7 @@ from torch.distributions import constraints
 
 from flowext._checks import check_alpha
 from flowext._constraints import OpenInterval
-from flowext.transforms._base import REQUIRED, ElementwiseTransform, sum_rightmost
+from flowext.transforms._base import REQUIRED, ElementwiseTransform
 
 __all__ = ["Logit"]
 
@@ -119,25 +119,13 @@ class Logit(ElementwiseTransform):
         return self._log_slope - log_s - log_one_minus_s
 
     def _call_with_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The value and the log-det share both logarithms.
+        # The value and the log-det share both logarithms. The log-det
+        # (log(1 - alpha) - log s) - log(1 - s) is computed in place on log s once y exists:
+        # autograd needs the input of log, not its output, and -a + c rounds as c - a does.
         log_s, log_one_minus_s = self._log_squashed(x)
         y = log_s - log_one_minus_s
-        ladj = self._log_slope - log_s - log_one_minus_s
+        ladj = log_s.neg_().add_(self._log_slope).sub_(log_one_minus_s)
         return y, ladj
-
-    def _call_with_summed_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        event_dim = self.event_dim
-        if event_dim == 0:
-            return self._call_with_ladj(x)
-
-        # Summing log s and log(1 - s) over each event before combining them saves allocating
-        # the elementwise log-det.
-        self._check_dims(x)
-        log_s, log_one_minus_s = self._log_squashed(x)
-        y = log_s - log_one_minus_s
-        event_size = math.prod(x.shape[x.dim() - event_dim :])
-        ladj = sum_rightmost(log_s, event_dim).add_(sum_rightmost(log_one_minus_s, event_dim))
-        return y, ladj.neg_().add_(self._log_slope * event_size)
 
     @staticmethod
     def _fold(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,24 +162,13 @@ class Logit(ElementwiseTransform):
 
     def _inverse_with_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, negative, decay = self._inverse_parts(y)
-        return x, self._inverse_ladj_from_parts(negative, decay)
-
-    def _inverse_with_summed_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        event_dim = self.event_dim
-        if event_dim == 0:
-            return self._inverse_with_ladj(y)
-
-        # As in the forward: sum the parts per event instead of building the elementwise
-        # log-det, and take log1p in place when autograd does not need its input.
-        self._check_dims(y)
-        x, negative, decay = self._inverse_parts(y)
-        if not (torch.is_grad_enabled() and decay.requires_grad):
-            softplus = decay.log1p_()
-        else:
+        # The terms of _inverse_ladj_from_parts in place, with the same rounding: log1p may
+        # overwrite its input when autograd does not need it, and its output is not needed.
+        if torch.is_grad_enabled() and decay.requires_grad:
             softplus = torch.log1p(decay)
-        event_size = math.prod(x.shape[x.dim() - event_dim :])
-        ladj = sum_rightmost(softplus, event_dim).mul_(-2).add_(sum_rightmost(negative, event_dim))
-        return x, ladj.sub_(self._log_slope * event_size)
+        else:
+            softplus = decay.log1p_()
+        return x, softplus.mul_(-2).add_(negative).sub_(self._log_slope)
 
     def _inverse_elementwise_ladj(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not y.is_floating_point():

@@ -127,7 +127,7 @@ def test_dequantize_generator_makes_noise_reproducible():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_dequantize_forward_equals_apply_noise_of_the_same_draws(dtype):
+def test_dequantize_forward_matches_apply_noise(dtype):
     # The forward adds the noise in place; it must round exactly as x + (m + (1 - 2m) u) does.
     x = torch.randint(0, 256, (4096,)).to(dtype)
     noise = torch.rand(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))

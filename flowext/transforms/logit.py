@@ -119,9 +119,9 @@ class Logit(ElementwiseTransform):
         return self._log_slope - log_s - log_one_minus_s
 
     def _call_with_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The value and the log-det share both logarithms. The log-det
-        # (log(1 - alpha) - log s) - log(1 - s) is computed in place on log s once y exists:
-        # autograd needs the input of log, not its output, and -a + c rounds as c - a does.
+        # The value and the log-det share both logarithms. Once y exists, the log-det
+        # (log(1 - alpha) - log s) - log(1 - s) is built in place on log s. Autograd needs the
+        # input of log, not its output, and -a + c rounds as c - a does.
         log_s, log_one_minus_s = self._log_squashed(x)
         y = log_s - log_one_minus_s
         ladj = log_s.neg_().add_(self._log_slope).sub_(log_one_minus_s)

@@ -2,6 +2,7 @@
 
 import copy
 import gzip
+import json
 import struct
 import subprocess
 import sys
@@ -334,12 +335,29 @@ def test_resume_damaged_checkpoint(tmp_path, capsys, checkpoint_file, damage, pr
     assert len(error.strip().splitlines()) == 1
 
 
-def test_resume_with_no_epochs_left(tmp_path, capsys, checkpoint_file):
-    status, error = run_with_error(["--epochs", "1", "--resume", str(checkpoint_file)], tmp_path / "out", capsys)
+def test_resume_with_fewer_epochs_than_the_checkpoint(tmp_path, capsys, checkpoint_file):
+    two_epochs = tmp_path / "two"
+    assert train.main([*FAST, "--epochs", "2", "--iw-samples", "2", "--device", "cpu", "--resume", str(checkpoint_file), "--out", str(two_epochs)]) == 0
+    capsys.readouterr()
+
+    status, error = run_with_error(["--epochs", "1", "--resume", str(two_epochs / "checkpoint_last.pt")], tmp_path / "out", capsys)
 
     assert status == 2
-    assert "already has 1 epoch" in error
-    assert "Pass --epochs 2 or more." in error
+    assert "already has 2 epochs, more than --epochs 1" in error
+    assert "Pass --epochs 2 to evaluate it without training" in error
+
+
+def test_resume_with_all_epochs_done_only_evaluates(tmp_path, capsys, checkpoint_file):
+    # A run stopped after its last epoch finishes with the same options.
+    out = tmp_path / "out"
+
+    status = train.main([*FAST, "--iw-samples", "2", "--device", "cpu", "--resume", str(checkpoint_file), "--out", str(out)])
+
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 1
+    assert len(metrics["history"]["train_bpd"]) == 1
+    assert not (out / "checkpoint_last.pt").exists()
 
 
 def test_diverging_training_exits_1(tmp_path):

@@ -220,17 +220,20 @@ def check_compatible(checkpoint: dict[str, Any], config: FlowConfig, dataset: st
 
 
 def check_epochs(checkpoint: dict[str, Any], epochs: int, where: str) -> None:
-    """Check that `epochs`, the total the run should reach, leaves epochs to train.
+    """Check that `epochs`, the total the run should reach, is not below the checkpoint's epoch.
+
+    An `epochs` equal to the checkpoint's epoch is valid: the run then trains no further and
+    only evaluates, which finishes a run that was stopped after its last epoch.
 
     Raises:
-        UsageError: If the checkpoint already has `epochs` epochs or more.
+        UsageError: If the checkpoint has more than `epochs` epochs.
     """
     done = checkpoint["epoch"]
-    if epochs <= done:
+    if epochs < done:
         raise UsageError(
-            f"{where} already has {done} epoch{'' if done == 1 else 's'}, and --epochs {epochs} "
-            f"is the total, resumed epochs included, so there is nothing to train. Pass --epochs "
-            f"{done + 1} or more."
+            f"{where} already has {done} epoch{'' if done == 1 else 's'}, more than --epochs "
+            f"{epochs}, the total that includes the resumed epochs. Pass --epochs {done} to "
+            f"evaluate it without training, or more to train on."
         )
 
 

@@ -185,6 +185,8 @@ def _train_and_evaluate(
         history = {key: list(values) for key, values in checkpoint["history"].items()}
         train_seconds = float(checkpoint["train_seconds"])
         logger.info("resumed from %s after epoch %d (best epoch %d)", options.resume, start_epoch, best_epoch)
+        if start_epoch == options.epochs:
+            logger.info("the checkpoint has all %d epochs; evaluating without training", start_epoch)
 
     model: torch.nn.Module = LogLikelihood(flow)
     if context.enabled:

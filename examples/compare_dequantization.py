@@ -43,14 +43,6 @@ RESERVED_OPTIONS = {
 }
 
 
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM."""
-
-
-def _terminate(number: int, frame: object) -> None:
-    raise Terminated()
-
-
 def _integer_in_range(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
@@ -185,22 +177,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started = time.perf_counter()
+    # The handler only records the signal; the loops below check for it. A signal can then
+    # arrive at any moment, even between starting a run and recording it, without leaving a
+    # run that nobody stops.
+    received: list[signal.Signals] = []
+
+    def record(number: int, frame: object) -> None:
+        received.append(signal.Signals(number))
+
     previous_handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _terminate)
+    for number, handler in previous_handlers.items():
+        # A signal that the parent process set to be ignored stays ignored.
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, record)
     running: dict[str, tuple[subprocess.Popen, Path]] = {}
     try:
-        statuses = run_all(options, running)
-    except (KeyboardInterrupt, Terminated) as interruption:
-        number = signal.SIGINT if isinstance(interruption, KeyboardInterrupt) else signal.SIGTERM
-        # Further signals would interrupt the wait for the runs to exit.
-        for other in previous_handlers:
-            signal.signal(other, signal.SIG_IGN)
-        stop_runs(running, number)
-        print(f"{PROGRAM}: stopped by {number.name}. The runs' logs are in {out}.", file=sys.stderr)
-        return 128 + number
+        statuses = run_all(options, running, received)
+        if received:
+            stop_runs(running, received[0])
+            print(f"{PROGRAM}: stopped by {received[0].name}. The runs' logs are in {out}.", file=sys.stderr)
+            return 128 + received[0]
     finally:
-        for signal_number, handler in previous_handlers.items():
-            signal.signal(signal_number, handler)
+        for number, handler in previous_handlers.items():
+            signal.signal(number, handler)
     wall_seconds = time.perf_counter() - started
 
     failed = {name: (status, log) for name, (status, log) in statuses.items() if status != 0}
@@ -214,22 +213,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_all(options: argparse.Namespace, running: dict[str, tuple[subprocess.Popen, Path]]) -> dict[str, tuple[int, Path]]:
+def run_all(
+    options: argparse.Namespace, running: dict[str, tuple[subprocess.Popen, Path]], received: list[signal.Signals]
+) -> dict[str, tuple[int, Path]]:
     """Run both trainings and return each one's exit status and log path.
 
-    `running` receives every started process, so that the caller can stop them.
+    `running` receives every started process, so that the caller can stop them. The function
+    returns early, without starting further runs, once `received` holds a signal.
     """
+    order = [[name] for name in DEQUANTIZATIONS] if options.sequential else [list(DEQUANTIZATIONS)]
     statuses = {}
-    if options.sequential:
-        for dequantization in DEQUANTIZATIONS:
+    for group in order:
+        for dequantization in group:
+            if received:
+                return statuses
             running[dequantization] = start_run(options, dequantization)
+        for dequantization in group:
             process, log_path = running[dequantization]
-            statuses[dequantization] = (process.wait(), log_path)
-    else:
-        for dequantization in DEQUANTIZATIONS:
-            running[dequantization] = start_run(options, dequantization)
-        for dequantization, (process, log_path) in running.items():
-            statuses[dequantization] = (process.wait(), log_path)
+            while (status := process.poll()) is None:
+                if received:
+                    return statuses
+                try:
+                    process.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+            statuses[dequantization] = (status, log_path)
     return statuses
 
 

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -267,6 +268,32 @@ def test_compare_rejects_options_it_sets(tmp_path, capsys, train_options):
     assert exit_info.value.code == 2
     assert f"train.py option {train_options[0]} after -- is not allowed" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("sequential", [False, True], ids=["side-by-side", "sequential"])
+def test_compare_stops_every_run_on_sigterm(tmp_path, capsys, monkeypatch, sequential):
+    # The signal arrives right after the last run starts, before the script records it.
+    started = []
+    real_popen = subprocess.Popen
+    last = 1 if not sequential else 0
+
+    def popen(command, **kwargs):
+        process = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+        started.append(process)
+        if len(started) == last + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return process
+
+    monkeypatch.setattr(compare_dequantization.subprocess, "Popen", popen)
+    arguments = ["--out", str(tmp_path / "compare"), *(["--sequential"] if sequential else [])]
+
+    status = compare_dequantization.main(arguments)
+
+    assert status == 143
+    assert len(started) == last + 1
+    assert all(process.poll() is not None for process in started)
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_compare_out_is_a_file(tmp_path, capsys):

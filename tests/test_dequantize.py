@@ -137,6 +137,20 @@ def test_dequantize_forward_matches_apply_noise(dtype):
     assert torch.equal(y, Dequantize(256).apply_noise(x, noise))
 
 
+@pytest.mark.parametrize("randomness", ["same", "different"])
+def test_dequantize_under_vmap(randomness):
+    # With randomness="same" the noise is not batched while the data are.
+    x = torch.randint(0, 256, (5, 7)).double()
+
+    y = torch.func.vmap(Dequantize(256, validate_args=False), randomness=randomness)(x)
+
+    assert y.shape == x.shape
+    assert torch.equal(torch.floor(y), x)
+    # The same noise for every row, up to the rounding of x + u in float64.
+    same_noise = torch.allclose(y[0] - x[0], y[1] - x[1], rtol=0, atol=1e-9)
+    assert same_noise == (randomness == "same")
+
+
 def test_dequantize_draws_fresh_noise_each_call():
     t = Dequantize(17)
     x = torch.zeros(100, dtype=torch.long)

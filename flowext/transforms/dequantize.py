@@ -193,9 +193,9 @@ class Dequantize(ElementwiseTransform):
             )
 
         noise = torch.rand(x.shape, dtype=dtype, device=x.device, generator=generator)
-        # (m + (1 - 2m) u) + x in place: the same rounding as x + (m + (1 - 2m) u), since
-        # floating-point addition commutes, without a second allocation.
-        return noise.mul_(1.0 - 2.0 * margin).add_(margin).add_(x.to(dtype))
+        # Out of place at the end: under torch.func.vmap with randomness="same" the noise is
+        # not batched while x is, and adding x in place into the noise would fail.
+        return x.to(dtype) + noise.mul_(1.0 - 2.0 * margin).add_(margin)
 
     def apply_noise(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         r"""Return $x + m + (1 - 2m)\,u$ for given uniform draws $u$ in $[0, 1)$.

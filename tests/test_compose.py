@@ -1,10 +1,11 @@
 """Compose and the dequantization pipeline: one-pass log-det, no re-drawn noise, autograd."""
 
 import math
+import pickle
 
 import pytest
 import torch
-from torch.distributions import ComposeTransform
+from torch.distributions import ComposeTransform, Transform
 
 from flowext import Compose, Dequantize, Logit, Scale, dequantization_pipeline
 from flowext._numerics import noise_margin
@@ -121,3 +122,35 @@ def test_dequantize_in_compose_is_not_cached():
 
     assert not torch.equal(t(x), t(x))
     assert isinstance(t.parts[0], Dequantize)
+
+
+def test_compose_unpickled_before_first_call_computes_its_sum_dims():
+    # The dims to sum are computed on first use, so a pickle written before any call, as older
+    # versions wrote it, holds none and still works.
+    t = dequantization_pipeline(17, event_dim=1)
+    loaded = pickle.loads(pickle.dumps(t))
+    x = torch.randint(0, 17, (4, 3))
+
+    assert "_sum_dims" not in loaded.__dict__
+    y, ladj = loaded.call_and_ladj(x)
+    assert ladj.shape == (4,)
+    torch.testing.assert_close(loaded.log_abs_det_jacobian(x, y), ladj)
+
+
+class _Doubling(Transform):
+    """A minimal transform that defines neither domain nor codomain."""
+
+    bijective = True
+
+    def _call(self, x):
+        return 2 * x
+
+    def _inverse(self, y):
+        return y / 2
+
+
+def test_compose_accepts_parts_without_constraints():
+    t = Compose([_Doubling(), _Doubling()])
+
+    assert torch.equal(t(torch.tensor([1.0])), torch.tensor([4.0]))
+    assert torch.equal(t.inv(torch.tensor([4.0])), torch.tensor([1.0]))

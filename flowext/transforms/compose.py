@@ -72,13 +72,22 @@ class Compose(ComposeTransform):
                 )
         super().__init__(parts, cache_size=check_cache_size(cache_size))
 
-        # How many rightmost dimensions of each part's log-det belong to the chain's event,
-        # computed once: the constraints behind event_dim are rebuilt on every access.
-        event_dim = self.domain.event_dim
-        self._sum_dims = []
-        for part in parts:
-            self._sum_dims.append(event_dim - part.domain.event_dim)
-            event_dim += part.codomain.event_dim - part.domain.event_dim
+    def _log_det_sum_dims(self) -> list[int]:
+        """Return how many rightmost dims of each part's log-det belong to the chain's event.
+
+        They are computed on first use and kept, because torch rebuilds the constraints
+        behind `event_dim` on every access. A Compose unpickled from an older flowext has no
+        stored value and computes it here.
+        """
+        dims = self.__dict__.get("_sum_dims")
+        if dims is None:
+            event_dim = self.domain.event_dim
+            dims = []
+            for part in self.parts:
+                dims.append(event_dim - part.domain.event_dim)
+                event_dim += part.codomain.event_dim - part.domain.event_dim
+            self._sum_dims = dims
+        return dims
 
     @property
     def inv(self) -> Compose:  # type: ignore[override]
@@ -107,7 +116,7 @@ class Compose(ComposeTransform):
     def call_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the output and the summed log-det, calling each part once."""
         total: torch.Tensor | int = 0
-        for part, sum_dims in zip(self.parts, self._sum_dims):
+        for part, sum_dims in zip(self.parts, self._log_det_sum_dims()):
             x, ladj = call_and_ladj(part, x)
             total = total + sum_rightmost(ladj, sum_dims)
         return x, total  # type: ignore[return-value]
@@ -129,7 +138,7 @@ class Compose(ComposeTransform):
             values[index + 1] = parts[index](values[index])
 
         total: torch.Tensor | int = 0
-        for index, (part, sum_dims) in enumerate(zip(parts, self._sum_dims)):
+        for index, (part, sum_dims) in enumerate(zip(parts, self._log_det_sum_dims())):
             ladj = part.log_abs_det_jacobian(values[index], values[index + 1])
             total = total + sum_rightmost(ladj, sum_dims)
         return total  # type: ignore[return-value]

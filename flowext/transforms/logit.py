@@ -152,9 +152,9 @@ class Logit(ElementwiseTransform):
         if self.alpha != 0.0:
             # In place: the division saved its inputs for autograd, not its output.
             lower = lower.sub_(self._half_alpha).div_(self._slope)
-        # lower (1 - h) + (1 - lower) h: each product is exact and one of them is 0, so this
-        # selects one branch exactly.
-        x = torch.addcmul(lower * (1 - upper), torch.rsub(lower, 1), upper)
+        # (1 - lower) h + lower (1 - h): each product is exact and one of them is 0, so this
+        # selects one branch exactly. In place on 1 - lower, which autograd does not need.
+        x = torch.rsub(lower, 1).mul_(upper).add_(lower * torch.rsub(upper, 1))
         return x, negative, decay
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:

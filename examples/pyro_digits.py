@@ -54,6 +54,8 @@ MAX_SEED = 2**32 - 1
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 EXIT_DIVERGED = 1
+# Adam converts the learning rate to a float32 scalar, which overflows above this.
+MAX_LR = 3.4028234663852886e38
 
 
 class TrainingDiverged(Exception):
@@ -130,8 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.threads > MAX_THREADS:
         parser.error(f"--threads must be at most {MAX_THREADS} (4 per CPU core of this machine), got {args.threads}")
-    if not 0 < args.lr < math.inf:
-        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0 < args.lr <= MAX_LR:
+        parser.error(f"--lr must be a positive number up to {MAX_LR:.4g}, got {args.lr}")
     if not 0 <= args.alpha < 1:
         parser.error(f"--alpha must be a number in [0, 1), got {args.alpha}")
     if not 0 <= args.seed <= MAX_SEED:

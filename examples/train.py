@@ -37,6 +37,11 @@ from flowtrain.model import DEQUANTIZATIONS, MAX_NUM_BINS, FlowConfig  # noqa: E
 PROGRAM = "train.py"
 # More threads than this only add overhead, and very large counts make OpenBLAS fail to start.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
+# The optimizer converts --lr to a float32 scalar, which overflows above this.
+MAX_FLOAT = 3.4028234663852886e38
+# Seeds from 0 to 2**32 - 1; the data sampler adds the epoch to the seed, which must stay below
+# 2**64 for torch's generator.
+MAX_SEED = 2**32 - 1
 # The architecture defaults come from FlowConfig, so that the parser and the dataclass agree.
 # Shape and levels come from the data; these placeholders are never used.
 _DEFAULTS = FlowConfig(shape=(1, 2, 2), num_bins=2)
@@ -71,13 +76,20 @@ def _threads(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = _integer_at_least(0)(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    if not 0 < value <= MAX_FLOAT:
+        raise argparse.ArgumentTypeError(f"expected a positive number up to {MAX_FLOAT:.4g}, got {text!r}")
     return value
 
 
@@ -180,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop each epoch after this many steps (default: one full pass over the training images)",
     )
-    training.add_argument("--seed", type=_integer_at_least(0), default=0, help="seed of initialization, shuffling and noise (the data split uses a fixed seed)")
+    training.add_argument("--seed", type=_seed, default=0, help=f"seed of initialization, shuffling and noise, 0 to {MAX_SEED} (the data split uses a fixed seed)")
     training.add_argument("--resume", metavar="PATH", default=None, help="continue from a checkpoint_last.pt or checkpoint_best.pt written by this program, up to --epochs")
 
     evaluation = parser.add_argument_group("evaluation")

@@ -58,11 +58,12 @@ def test_rejects_zero_steps():
         (["--alpha", "nan"], "--alpha must be a number in [0, 1), got nan"),
         (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
         (["--seed", str(2**32)], f"--seed must be an integer from 0 to 4294967295, got {2**32}"),
-        (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
-        (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+        (["--lr", "inf"], "--lr must be a positive number up to 3.403e+38, got inf"),
+        (["--lr", "nan"], "--lr must be a positive number up to 3.403e+38, got nan"),
+        (["--lr", "1e300"], "--lr must be a positive number up to 3.403e+38, got 1e+300"),
         (["--threads", "100000"], f"--threads must be at most {pyro_digits.MAX_THREADS}"),
     ],
-    ids=["alpha-above-1", "alpha-negative", "alpha-nan", "seed-negative", "seed-too-large", "lr-inf", "lr-nan", "threads"],
+    ids=["alpha-above-1", "alpha-negative", "alpha-nan", "seed-negative", "seed-too-large", "lr-inf", "lr-nan", "lr-overflow", "threads"],
 )
 def test_rejects_invalid_option(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -195,7 +195,9 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--dequantization", "gaussian"], "argument --dequantization: invalid choice: 'gaussian'"),
         (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
         (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
-        (["--lr", "-1"], "argument --lr: expected a positive finite number, got '-1'"),
+        (["--lr", "-1"], "argument --lr: expected a positive number up to 3.403e+38, got '-1'"),
+        (["--lr", "1e39"], "argument --lr: expected a positive number up to 3.403e+38, got '1e39'"),
+        (["--seed", str(2**32)], f"argument --seed: expected an integer from 0 to {2**32 - 1}, got {2**32}"),
         (["--alpha", "1"], "argument --alpha: expected a number in [0, 1), got '1'"),
         (["--batch-size", "many"], "argument --batch-size: expected an integer >= 1, got 'many'"),
         (["--dataset", "photos", "--idx-images", "x"], "--idx-images applies to --dataset idx only"),
@@ -206,7 +208,7 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--digest-dir", ""], "argument --digest-dir: expected a folder path, got an empty string"),
     ],
     ids=[
-        "dequantization", "dataset", "epochs", "lr", "alpha", "batch-size", "idx-conflict", "idx-missing",
+        "dequantization", "dataset", "epochs", "lr", "lr-overflow", "seed-too-large", "alpha", "batch-size", "idx-conflict", "idx-missing",
         "unknown", "threads-too-many", "threads-zero", "digest-dir-empty",
     ],
 )
@@ -358,6 +360,18 @@ def test_resume_with_all_epochs_done_only_evaluates(tmp_path, capsys, checkpoint
     assert metrics["epochs"] == 1
     assert len(metrics["history"]["train_bpd"]) == 1
     assert not (out / "checkpoint_last.pt").exists()
+
+
+def test_model_broken_by_the_last_step_exits_1(tmp_path):
+    # One step: its loss is finite, and its update with a huge learning rate breaks the model.
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *FAST, "--lr", "1e30", "--iw-samples", "2", "--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: the validation bpd became")
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_diverging_training_exits_1(tmp_path):

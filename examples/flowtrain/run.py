@@ -222,6 +222,12 @@ def _train_and_evaluate(
         )
         torch.manual_seed(derive_seed(options.seed, "evaluate", epoch, context.rank))
         validation = evaluate_bpd(flow, validation_images, batch_size=options.eval_batch_size, context=context)
+        if not math.isfinite(validation.bpd):
+            # The last step's update can break the model after its loss was checked.
+            raise FloatingPointError(
+                f"the validation bpd became {validation.bpd} after epoch {epoch + 1}; "
+                f"lower --lr or --max-grad-norm"
+            )
         seconds = time.perf_counter() - started
         train_seconds += seconds
 
@@ -268,6 +274,9 @@ def _train_and_evaluate(
     test_iw = evaluate_iw_bpd(
         flow, test_images, num_samples=options.iw_samples, batch_size=options.eval_batch_size, context=context
     )
+    for name, result in (("test bpd", test.bpd), ("importance-weighted test bpd", test_iw.bpd)):
+        if not math.isfinite(result):
+            raise FloatingPointError(f"the {name} is {result}, so the model is broken; lower --lr or --max-grad-norm")
     if not context.is_main:
         return None
 

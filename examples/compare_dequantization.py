@@ -40,6 +40,7 @@ RESERVED_OPTIONS = {
     "--threads": "this script passes its own --threads to both runs; pass --threads before --",
     "--progress": "this script passes --no-progress, because the runs write to log files",
     "--no-progress": "this script passes --no-progress already",
+    "--help": "the runs write to log files, where the help would not show; run python examples/train.py --help",
 }
 
 
@@ -108,7 +109,7 @@ def check_train_options(parser: argparse.ArgumentParser, options: list[str]) -> 
 
     train_option_strings = [option for action in build_train_parser()._actions for option in action.option_strings]
     for token in options:
-        reserved = reserved_option(token, train_option_strings)
+        reserved = "--help" if token == "-h" else reserved_option(token, train_option_strings)
         if reserved is not None:
             parser.error(f"train.py option {token} after -- is not allowed: {RESERVED_OPTIONS[reserved]}")
 
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started = time.perf_counter()
+    started_at = time.time()
     # The handler only records the signal; the loops below check for it. A signal can then
     # arrive at any moment, even between starting a run and recording it, without leaving a
     # run that nobody stops.
@@ -208,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         print(log_path.read_text(encoding="utf-8")[-2000:], file=sys.stderr)
     if failed:
         return max(status for status, _ in failed.values())
+
+    # A metrics.json older than this invocation is from an earlier run into the same folder.
+    for name, (_, log_path) in statuses.items():
+        metrics_path = run_folder(out, name) / "metrics.json"
+        if not metrics_path.is_file() or metrics_path.stat().st_mtime < started_at - 1.0:
+            print(f"{PROGRAM}: error: the {name} run ended without writing {metrics_path}; its output is in {log_path}.", file=sys.stderr)
+            return 1
 
     print_table(out, wall_seconds)
     return 0

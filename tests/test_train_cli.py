@@ -256,8 +256,10 @@ def test_signal_leaves_no_temporary_files(tmp_path, number, status):
         ["--epochs", "1"],
         ["--threads=1"],
         ["--progress"],
+        ["--help"],
+        ["-h"],
     ],
-    ids=["dequantization", "dequantization-equals", "prefix", "out", "out-equals", "epochs", "threads", "progress"],
+    ids=["dequantization", "dequantization-equals", "prefix", "out", "out-equals", "epochs", "threads", "progress", "help", "h"],
 )
 def test_compare_rejects_options_it_sets(tmp_path, capsys, train_options):
     out = tmp_path / "compare"
@@ -294,6 +296,25 @@ def test_compare_stops_every_run_on_sigterm(tmp_path, capsys, monkeypatch, seque
     assert all(process.poll() is not None for process in started)
     assert "stopped by SIGTERM" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_compare_ignores_metrics_of_an_earlier_run(tmp_path, capsys, monkeypatch):
+    # Runs that exit 0 without writing metrics.json must not be reported with old figures.
+    out = tmp_path / "compare"
+    for name in ("uniform", "variational"):
+        write_metrics(out / name, name, 2.5)
+        os.utime(out / name / "metrics.json", (0, 0))
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(
+        compare_dequantization.subprocess, "Popen",
+        lambda command, **kwargs: real_popen([sys.executable, "-c", "pass"], **kwargs),
+    )
+
+    assert compare_dequantization.main(["--out", str(out)]) == 1
+
+    captured = capsys.readouterr()
+    assert "run ended without writing" in captured.err
+    assert "2.5000" not in captured.out
 
 
 def test_compare_out_is_a_file(tmp_path, capsys):

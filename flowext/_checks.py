@@ -69,16 +69,16 @@ def check_cache_size(value: object) -> int:
     return number
 
 
-def check_alpha(value: object) -> float:
+def check_alpha(value: object, name: str = "alpha") -> float:
     """Return `value` as a float if it is a real number in [0, 1)."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"alpha must be a real number in [0, 1), got {value!r}")
+        raise ValueError(f"{name} must be a real number in [0, 1), got {value!r}")
 
     alpha = float(value)
     if not (math.isfinite(alpha) and 0.0 <= alpha < 1.0):
-        raise ValueError(f"alpha must be a real number in [0, 1), got {value!r}")
+        raise ValueError(f"{name} must be a real number in [0, 1), got {value!r}")
     return alpha
 
 

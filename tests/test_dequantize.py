@@ -53,7 +53,7 @@ def test_dequantize_requested_dtype():
 def test_dequantize_rejects_dtype_that_cannot_resolve_bins(dtype, num_bins):
     with pytest.raises(ValueError, match=rf"dtype {dtype} cannot resolve num_bins={num_bins}"):
         Dequantize(num_bins, dtype=dtype)
-    with pytest.raises(ValueError, match="Use torch.float32 or torch.float64"):
+    with pytest.raises(ValueError, match="Pass a wider dtype, such as dtype=torch.float64"):
         Dequantize(num_bins)(torch.zeros(3, dtype=dtype))
 
 
@@ -264,3 +264,15 @@ def test_call_checks_event_dims():
         Dequantize(17, event_dim=2)(torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"event_dim=2 needs inputs with at least 2 dimensions"):
         Dequantize(17, event_dim=2).inv(torch.tensor([1.5, 2.5]))
+
+
+def test_dequantize_logit_alpha_widens_the_margin():
+    wide = Dequantize(256, logit_alpha=0.99)
+    x = torch.zeros(4, dtype=torch.long)
+
+    assert wide != Dequantize(256)
+    assert wide == Dequantize(256, logit_alpha=0.99)
+    assert "logit_alpha=0.99" in repr(wide)
+    assert float(wide.log_abs_det_jacobian(x, wide(x))[0]) == pytest.approx(math.log1p(-2 * noise_margin(256, torch.float32, 0.99)))
+    with pytest.raises(ValueError, match=r"logit_alpha must be a real number in \[0, 1\), got 1.0"):
+        Dequantize(256, logit_alpha=1.0)

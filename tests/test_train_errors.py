@@ -199,6 +199,7 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--lr", "1e39"], "argument --lr: expected a positive number up to 3.403e+38, got '1e39'"),
         (["--seed", str(2**32)], f"argument --seed: expected an integer from 0 to {2**32 - 1}, got {2**32}"),
         (["--alpha", "1"], "argument --alpha: expected a number in [0, 1), got '1'"),
+        (["--alpha", "0.99999"], "float32 resolves at most 2 levels after a Logit with this alpha"),
         (["--batch-size", "many"], "argument --batch-size: expected an integer >= 1, got 'many'"),
         (["--dataset", "photos", "--idx-images", "x"], "--idx-images applies to --dataset idx only"),
         (["--dataset", "idx"], "--dataset idx needs --idx-images PATH"),
@@ -208,7 +209,7 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--digest-dir", ""], "argument --digest-dir: expected a folder path, got an empty string"),
     ],
     ids=[
-        "dequantization", "dataset", "epochs", "lr", "lr-overflow", "seed-too-large", "alpha", "batch-size", "idx-conflict", "idx-missing",
+        "dequantization", "dataset", "epochs", "lr", "lr-overflow", "seed-too-large", "alpha", "alpha-too-close-to-1", "batch-size", "idx-conflict", "idx-missing",
         "unknown", "threads-too-many", "threads-zero", "digest-dir-empty",
     ],
 )

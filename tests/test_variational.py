@@ -15,9 +15,9 @@ from nflows.transforms import CompositeTransform, ReversePermutation
 from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.nn.nets import ResidualNet
 
-from flowext import bits_per_dim, dequantization_pipeline
+from flowext import Logit, Scale, bits_per_dim, dequantization_pipeline, quantize
 from flowext._numerics import noise_margin
-from flowext.nflows import StandardNormal, TransformAdapter, VariationalDequantizer
+from flowext.nflows import StandardNormal, TransformAdapter, UniformDequantizer, VariationalDequantizer
 
 
 class LinearDensityNoise(Distribution):
@@ -296,3 +296,36 @@ def test_constructor_rejects_bad_context_net_and_noise_shape():
         VariationalDequantizer(17, noise_flow, noise_shape="abc")
     with pytest.raises(ValueError, match="noise_shape must be a sequence of integers >= 1"):
         VariationalDequantizer(17, noise_flow, noise_shape=5)
+
+
+
+def _round_trip_failures(dequantizer, num_bins: int, alpha: float, x: torch.Tensor) -> int:
+    """Count the elements that Scale(1/K), Logit(alpha) and their inverses move to another bin."""
+    y, _ = dequantizer(x)
+    scale, logit = Scale(1 / num_bins, cache_size=0), Logit(alpha, cache_size=0)
+    back = quantize(scale.inv(logit.inv(logit(scale(y.detach())).clone())), num_bins)
+    return int((back != x).sum())
+
+
+def test_variational_dequantizer_widens_the_margin_for_large_alpha():
+    torch.manual_seed(0)
+    num_bins, alpha = 256, 0.99
+    dequantizer = VariationalDequantizer.with_coupling_flow(num_bins, (8,), logit_alpha=alpha, validate_args=False)
+    x = torch.randint(0, num_bins, (20000, 8)).float()
+
+    with torch.no_grad():
+        failures = _round_trip_failures(dequantizer, num_bins, alpha, x)
+        y, _ = dequantizer(x)
+
+    margin = noise_margin(num_bins, torch.float32, alpha)
+    assert failures == 0
+    assert margin > noise_margin(num_bins, torch.float32)
+    assert float((y - x).min()) >= margin * (1 - 1e-3)
+
+
+def test_uniform_dequantizer_widens_the_margin_for_large_alpha():
+    num_bins, alpha = 256, 0.99
+    x = torch.randint(0, num_bins, (200000,)).float()[:, None]
+
+    assert _round_trip_failures(UniformDequantizer(num_bins, logit_alpha=alpha), num_bins, alpha, x) == 0
+    assert _round_trip_failures(UniformDequantizer(num_bins), num_bins, alpha, x) > 0

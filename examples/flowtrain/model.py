@@ -140,9 +140,11 @@ def build_context_net(config: FlowConfig) -> nn.Module:
 def build_dequantizer(config: FlowConfig) -> NflowsTransform:
     """Build the uniform or the variational dequantizer that `config` names."""
     if config.dequantization == "uniform":
-        return UniformDequantizer(config.num_bins)
+        return UniformDequantizer(config.num_bins, logit_alpha=config.alpha)
     if config.dequantization == "variational":
-        return VariationalDequantizer(config.num_bins, build_noise_flow(config), build_context_net(config))
+        return VariationalDequantizer(
+            config.num_bins, build_noise_flow(config), build_context_net(config), logit_alpha=config.alpha
+        )
     raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {config.dequantization!r}")
 
 

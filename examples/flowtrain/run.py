@@ -19,6 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from flowext import Dequantize
+from flowext._numerics import resolvable_bins
 from flowtrain.checkpoint import (
     FORMAT_VERSION,
     check_compatible,
@@ -132,6 +133,13 @@ def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
         num_bins=options.num_bins,
     )
     config = flow_config_from(options, splits)
+    supported = resolvable_bins(torch.float32, config.alpha)
+    if config.num_bins > supported:
+        raise UsageError(
+            f"--alpha {config.alpha} with K = {config.num_bins} levels: float32 resolves at most "
+            f"{supported} levels after a Logit with this alpha, because a larger alpha squeezes the "
+            f"data into fewer float values. Pass a smaller --alpha or --num-bins."
+        )
 
     checkpoint = None
     if options.resume is not None:

@@ -93,6 +93,8 @@ class UniformDequantizer(TransformAdapter):
         dtype: Output dtype; see `Dequantize`.
         generator: Random number generator for the noise; see `Dequantize`.
         validate_args: Whether to check that the data are integers in $[0, K - 1]$.
+        logit_alpha: The squashing constant $\alpha$ of the `Logit` that follows, in $[0, 1)$;
+            above 1/2 it widens the noise margin (see `Dequantize`).
     """
 
     def __init__(
@@ -102,9 +104,12 @@ class UniformDequantizer(TransformAdapter):
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
         validate_args: bool = True,
+        logit_alpha: float = 0.0,
     ) -> None:
         super().__init__(
-            Dequantize(num_bins, dtype=dtype, generator=generator, validate_args=validate_args)
+            Dequantize(
+                num_bins, dtype=dtype, generator=generator, validate_args=validate_args, logit_alpha=logit_alpha
+            )
         )
 
     def inverse(

@@ -13,7 +13,7 @@ from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.nn.nets import ResidualNet
 from torch import nn
 
-from flowext._checks import check_num_bins, check_positive_int, check_shape
+from flowext._checks import check_alpha, check_num_bins, check_positive_int, check_shape
 from flowext._numerics import noise_margin
 from flowext.nflows.base import StandardNormal
 from flowext.transforms.dequantize import check_integer_data, quantize
@@ -63,6 +63,8 @@ class VariationalDequantizer(NflowsTransform):
             `log_q` needs to evaluate the flow's density. By default a flat vector of $D$
             elements. Sampling works with any shape of $D$ elements.
         validate_args: Whether to check that the data are integers in $[0, K - 1]$.
+        logit_alpha: The squashing constant $\alpha$ of the `Logit` that follows, in $[0, 1)$;
+            above 1/2 it widens the noise margin (see `Dequantize`).
 
     Raises:
         ValueError: From `forward`, if the data are not integers in $[0, K - 1]$, if
@@ -79,9 +81,11 @@ class VariationalDequantizer(NflowsTransform):
         event_shape: tuple[int, ...] | None = None,
         noise_shape: tuple[int, ...] | None = None,
         validate_args: bool = True,
+        logit_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_bins = check_num_bins(num_bins)
+        self.logit_alpha = check_alpha(logit_alpha, "logit_alpha")
         if not isinstance(noise_flow, nn.Module) or not hasattr(noise_flow, "sample_and_log_prob"):
             raise ValueError(
                 f"noise_flow must be an nflows Flow (a module with sample_and_log_prob), got "
@@ -110,6 +114,7 @@ class VariationalDequantizer(NflowsTransform):
         context_features: int = 32,
         num_layers: int = 4,
         validate_args: bool = True,
+        logit_alpha: float = 0.0,
     ) -> VariationalDequantizer:
         """Build a dequantizer whose $q_v$ is an affine coupling flow conditioned on an MLP.
 
@@ -124,6 +129,7 @@ class VariationalDequantizer(NflowsTransform):
             context_features: Number of context features.
             num_layers: Number of coupling layers.
             validate_args: Whether to check that the data are integers in $[0, K - 1]$.
+            logit_alpha: The squashing constant of the `Logit` that follows; see the class.
 
         Examples:
             >>> dequantizer = VariationalDequantizer.with_coupling_flow(17, (1, 8, 8))
@@ -158,6 +164,7 @@ class VariationalDequantizer(NflowsTransform):
             event_shape=shape,
             noise_shape=(num_features,),
             validate_args=validate_args,
+            logit_alpha=logit_alpha,
         )
 
     def working_dtype(self, inputs: torch.Tensor) -> torch.dtype:
@@ -193,7 +200,7 @@ class VariationalDequantizer(NflowsTransform):
         """
         batch = x.shape[0]
         num_elements = math.prod(x.shape[1:])
-        margin = noise_margin(self.num_bins, x.dtype)
+        margin = noise_margin(self.num_bins, x.dtype, self.logit_alpha)
         if batch == 0:
             return torch.zeros_like(x), x.new_zeros(0)
 
@@ -234,7 +241,7 @@ class VariationalDequantizer(NflowsTransform):
         dtype = self.working_dtype(noise)
         x, noise = x.to(dtype), noise.to(dtype)
         batch = x.shape[0]
-        margin = noise_margin(self.num_bins, dtype)
+        margin = noise_margin(self.num_bins, dtype, self.logit_alpha)
         if batch == 0:
             return x.new_zeros(0)
 

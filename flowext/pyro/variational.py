@@ -133,6 +133,7 @@ class VariationalDequantization(TransformModule):
         context_features: int = 32,
         num_layers: int = 4,
         validate_args: bool = True,
+        logit_alpha: float = 0.0,
     ) -> VariationalDequantization:
         """Build the transform around `VariationalDequantizer.with_coupling_flow`.
 
@@ -145,6 +146,8 @@ class VariationalDequantization(TransformModule):
             context_features: Number of context features.
             num_layers: Number of coupling layers of the noise flow.
             validate_args: Whether to check that the data are integers in $[0, K - 1]$.
+            logit_alpha: The squashing constant of the `Logit` that follows; above 1/2 it
+                widens the noise margin (see `Dequantize`).
         """
         shape = check_shape(shape)
         dequantizer = VariationalDequantizer.with_coupling_flow(
@@ -154,6 +157,7 @@ class VariationalDequantization(TransformModule):
             context_features=context_features,
             num_layers=num_layers,
             validate_args=validate_args,
+            logit_alpha=logit_alpha,
         )
         return cls(dequantizer, event_dim=len(shape))
 

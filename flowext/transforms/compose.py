@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.distributions import ComposeTransform, Transform
 
-from flowext._checks import check_cache_size, check_num_bins
+from flowext._checks import check_alpha, check_cache_size, check_num_bins
 from flowext.transforms._base import sum_rightmost
 from flowext.transforms.dequantize import Dequantize
 from flowext.transforms.logit import Logit
@@ -157,7 +157,8 @@ def dequantization_pipeline(
 
     The log-det of the chain is
     $\log(1 - 2m) - \log K + \log(1 - \alpha) - \log s - \log(1 - s)$ per element, with $m$ the
-    noise margin of `Dequantize` and $s$ the squashed value of `Logit`. In a Pyro
+    noise margin of `Dequantize` (built with `logit_alpha=alpha` where $\alpha > 1/2$, which
+    widens it) and $s$ the squashed value of `Logit`. In a Pyro
     `TransformedDistribution`, pass `dequantization_pipeline(K).inv` as the last transform.
 
     Args:
@@ -178,6 +179,7 @@ def dequantization_pipeline(
         tensor([[ 0.,  8., 16.]])
     """
     num_bins = check_num_bins(num_bins)
+    alpha = check_alpha(alpha)
     return Compose(
         [
             Dequantize(
@@ -186,6 +188,8 @@ def dequantization_pipeline(
                 dtype=dtype,
                 generator=generator,
                 validate_args=validate_args,
+                # Only an alpha above 1/2 widens the margin; below, Dequantize(K) stays plain.
+                logit_alpha=alpha if alpha > 0.5 else 0.0,
             ),
             Scale(1.0 / num_bins, event_dim=event_dim),
             Logit(alpha, event_dim=event_dim),

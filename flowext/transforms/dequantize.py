@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.distributions import constraints
 
-from flowext._checks import check_float_dtype, check_num_bins
+from flowext._checks import check_alpha, check_float_dtype, check_num_bins
 from flowext._numerics import log1m_two_margin, noise_margin
 from flowext.transforms._base import REQUIRED, ElementwiseTransform
 
@@ -80,7 +80,9 @@ class Dequantize(ElementwiseTransform):
     inverses bring it back to the same bin, so quantization recovers $x$ exactly. It is about
     1.2e-4 for float32 and K = 256 (a log-det of -2.4e-4 nats per element) and 2.3e-13 for
     float64. A dtype whose margin would exceed 1/16 of a bin cannot resolve the bins and raises
-    `ValueError`: float16 supports $K \le 16$, bfloat16 $K = 2$.
+    `ValueError`: float16 supports $K \le 16$, bfloat16 $K = 2$. A `Logit` with
+    $\alpha > 1/2$ after it loses more precision, and `logit_alpha` widens the margin by
+    $1 / (2 (1 - \alpha))$ for it; `dequantization_pipeline` sets it.
 
     Args:
         num_bins: The number of levels $K$; data take values in $\{0, \dots, K - 1\}$.
@@ -94,6 +96,8 @@ class Dequantize(ElementwiseTransform):
             compiled or performance-critical code that guarantees valid input.
         cache_size: 0 (the default) for no cache, so that each call draws fresh noise. With 1,
             calling the transform again on the same tensor object returns the same noise.
+        logit_alpha: The squashing constant $\alpha$ of a `Logit` that follows, in $[0, 1)$.
+            Above 1/2 it widens the noise margin so that the round trip stays exact.
 
     Raises:
         ValueError: If `num_bins` is not an integer >= 2 or `dtype` cannot resolve its bins.
@@ -122,13 +126,15 @@ class Dequantize(ElementwiseTransform):
         generator: torch.Generator | None = None,
         validate_args: bool = True,
         cache_size: int = 0,
+        logit_alpha: float = 0.0,
     ) -> None:
         super().__init__(event_dim=event_dim, cache_size=cache_size)
         self.num_bins = check_num_bins(num_bins)
+        self.logit_alpha = check_alpha(logit_alpha, "logit_alpha")
 
         if dtype is not None:
             dtype = check_float_dtype(dtype)
-            noise_margin(self.num_bins, dtype)
+            noise_margin(self.num_bins, dtype, self.logit_alpha)
         self.dtype = dtype
 
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -145,6 +151,7 @@ class Dequantize(ElementwiseTransform):
             ("dtype", self.dtype, None),
             ("generator", self.generator, None),
             ("validate_args", self.validate_args, True),
+            ("logit_alpha", self.logit_alpha, 0.0),
         ]
 
     def _domain_constraint(self) -> constraints.Constraint:
@@ -175,7 +182,7 @@ class Dequantize(ElementwiseTransform):
             raise TypeError(f"Dequantize expects a torch.Tensor, got {type(x).__name__}")
 
         dtype = self._output_dtype(x)
-        margin = noise_margin(self.num_bins, dtype)
+        margin = noise_margin(self.num_bins, dtype, self.logit_alpha)
         if self.validate_args:
             check_integer_data(x, self.num_bins, f"Dequantize(num_bins={self.num_bins})")
         return dtype, margin
@@ -227,4 +234,4 @@ class Dequantize(ElementwiseTransform):
 
     def _elementwise_ladj(self, x: torch.Tensor, y: torch.Tensor) -> float:
         dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
-        return log1m_two_margin(self.num_bins, dtype)
+        return log1m_two_margin(self.num_bins, dtype, self.logit_alpha)

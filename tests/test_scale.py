@@ -1,5 +1,6 @@
 """Scale: values, log-dets against autograd, sign, tensor factors and integer inputs."""
 
+import copy
 import math
 import re
 
@@ -105,3 +106,30 @@ def test_scale_inverse_undoes_rounded_reciprocal():
     x = torch.arange(0, 17 * 2**10, dtype=torch.float32) / 2**10
 
     assert torch.equal(t.inv(t(x)).floor(), x.floor())
+
+
+def test_scale_learnable_factor_in_another_dtype():
+    # The factor is converted at each call: its current value, its gradient, and copies work.
+    factor = torch.nn.Parameter(torch.tensor(2.0))
+    t = Scale(factor, cache_size=0)
+    x = torch.ones(3, dtype=torch.float64)
+
+    t(x).sum().backward()
+    t(x).sum().backward()
+    with torch.no_grad():
+        factor.fill_(3.0)
+
+    assert torch.equal(t(x), torch.full((3,), 3.0, dtype=torch.float64))
+    assert float(factor.grad) == 6.0
+    assert torch.equal(copy.deepcopy(t)(x), t(x))
+
+
+def test_scale_tensor_factor_after_inference_mode():
+    t = Scale(torch.tensor(0.5), cache_size=0)
+    with torch.inference_mode():
+        t(torch.ones(2, dtype=torch.float64))
+    x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+
+    t(x).sum().backward()
+
+    assert torch.equal(x.grad, torch.full((2,), 0.5, dtype=torch.float64))

@@ -46,8 +46,8 @@ class Scale(ElementwiseTransform):
 
     Args:
         factor: The factor $c$: a nonzero finite number, or a tensor of them that broadcasts
-            with the input. A tensor factor is converted to the input's device and dtype once
-            per pair. Integer inputs are scaled in torch's default dtype, so that the product
+            with the input. A tensor factor is converted to the input's device and dtype at
+            each call, so a learnable factor keeps its gradient and its current value. Integer inputs are scaled in torch's default dtype, so that the product
             cannot overflow. A factor that is 0 or infinite in the input's dtype (1e-50 in
             float32, say) raises `ValueError` at the call.
         event_dim: Number of rightmost dimensions that form one event.
@@ -73,8 +73,6 @@ class Scale(ElementwiseTransform):
     ) -> None:
         super().__init__(event_dim=event_dim, cache_size=cache_size)
         self.factor = _check_factor(factor)
-        # Tensor factors converted to a (device, dtype) and checked there, one entry per pair.
-        self._converted: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def _params(self) -> list[tuple[str, Any, Any]]:
         return [("factor", self.factor, REQUIRED)]
@@ -108,19 +106,26 @@ class Scale(ElementwiseTransform):
                 )
             return factor
 
-        key = (x.device, x.dtype)
-        converted = self._converted.get(key)
-        if converted is None:
-            converted = factor.to(device=x.device, dtype=x.dtype)
-            if not converted.is_meta:
-                magnitude = converted.abs()
-                if bool(((magnitude < info.tiny) | (magnitude > info.max)).any()):
-                    raise ValueError(
-                        f"factor holds values outside the normal range of {x.dtype} "
-                        f"[{info.tiny:g}, {info.max:g}], where they would become 0 or inf; use "
-                        f"data of a wider dtype such as torch.float64"
-                    )
-            self._converted[key] = converted
+        if factor.device == x.device and factor.dtype == x.dtype:
+            return factor
+        # Converted on every call, so that autograd sees the conversion of a learnable factor
+        # and its current value. The range check, which synchronizes with an accelerator, runs
+        # once per device, dtype and version of the factor.
+        converted = factor.to(device=x.device, dtype=x.dtype)
+        try:
+            key = (x.device, x.dtype, factor._version)
+        except RuntimeError:  # inference tensors have no version counter
+            key = None
+        if converted.is_meta or (key is not None and key == self.__dict__.get("_checked_key")):
+            return converted
+        magnitude = converted.abs()
+        if bool(((magnitude < info.tiny) | (magnitude > info.max)).any()):
+            raise ValueError(
+                f"factor holds values outside the normal range of {x.dtype} "
+                f"[{info.tiny:g}, {info.max:g}], where they would become 0 or inf; use "
+                f"data of a wider dtype such as torch.float64"
+            )
+        self._checked_key = key
         return converted
 
     @staticmethod

@@ -3,6 +3,7 @@
 import copy
 import gzip
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -299,6 +300,23 @@ def break_adam_betas(checkpoint):
     checkpoint["optimizer"]["param_groups"][0]["betas"] = "x"
 
 
+def nan_weight(checkpoint):
+    checkpoint["model"][first_tensor_of_rank_2(checkpoint["model"])][0, 0] = math.nan
+
+
+def integer_weight(checkpoint):
+    name = first_tensor_of_rank_2(checkpoint["model"])
+    checkpoint["model"][name] = checkpoint["model"][name].to(torch.int64)
+
+
+def negative_adam_moment(checkpoint):
+    checkpoint["optimizer"]["state"][0]["exp_avg_sq"] = -checkpoint["optimizer"]["state"][0]["exp_avg_sq"] - 1
+
+
+def nan_adam_betas(checkpoint):
+    checkpoint["optimizer"]["param_groups"][0]["betas"] = (math.nan, 0.999)
+
+
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
@@ -317,11 +335,17 @@ def break_adam_betas(checkpoint):
         (add_parameter_group, "its 'optimizer' state dict does not fit the model (loaded state dict has a different number of parameter groups)"),
         (reshape_adam_moment, "the 'optimizer' state 'exp_avg' does not have the shape of its parameter"),
         (break_adam_betas, "its 'optimizer' state cannot be used for a step"),
+        (nan_weight, "holds NaN or infinite values"),
+        (integer_weight, "has dtype torch.int64, not torch.float32"),
+        (negative_adam_moment, "the 'optimizer' state 'exp_avg_sq' holds negative values"),
+        (nan_adam_betas, "the 'optimizer' setting 'betas' is NaN or infinite"),
+        (lambda c: c.__setitem__("best_validation_bpd", math.nan), "'best_validation_bpd' is nan, not a number >= 0"),
     ],
     ids=[
         "missing-entry", "reshaped-entry", "unknown-entry", "config-string", "config-field", "epoch-string",
         "best-epoch", "history-none", "history-length", "train-seconds", "model-list", "optimizer-keys",
-        "optimizer-groups", "adam-moment", "adam-betas",
+        "optimizer-groups", "adam-moment", "adam-betas", "nan-weight", "integer-weight", "negative-moment",
+        "nan-betas", "nan-best-bpd",
     ],
 )
 def test_resume_damaged_checkpoint(tmp_path, capsys, checkpoint_file, damage, problem):

@@ -162,8 +162,9 @@ def _check_fields(checkpoint: dict[str, Any], where: str) -> None:
     best_epoch = checkpoint["best_epoch"]
     if not _is_integer(best_epoch) or not 0 <= best_epoch <= epoch:
         raise _damaged(where, f"'best_epoch' is {reprlib.repr(best_epoch)}, not an integer from 0 to 'epoch' ({epoch})")
-    if not _is_number(checkpoint["best_validation_bpd"]):
-        raise _damaged(where, f"'best_validation_bpd' is {reprlib.repr(checkpoint['best_validation_bpd'])}, not a number")
+    best_validation = checkpoint["best_validation_bpd"]
+    if not _is_number(best_validation) or math.isnan(best_validation) or best_validation < 0:
+        raise _damaged(where, f"'best_validation_bpd' is {reprlib.repr(best_validation)}, not a number >= 0")
     train_seconds = checkpoint["train_seconds"]
     if not _is_number(train_seconds) or not 0 <= train_seconds < math.inf:
         raise _damaged(where, f"'train_seconds' is {reprlib.repr(train_seconds)}, not a finite number >= 0")
@@ -264,16 +265,35 @@ def _check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, fi
         )
     if problems:
         raise _damaged(where, f"its {field!r} state dict does not fit the model of its 'config': {'; '.join(problems)}")
+    for name, tensor in state.items():
+        if tensor.dtype != expected[name].dtype:
+            raise _damaged(where, f"its {field!r} entry {name!r} has dtype {tensor.dtype}, not {expected[name].dtype}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _damaged(where, f"its {field!r} entry {name!r} holds NaN or infinite values")
 
 
 def _check_optimizer_moments(optimizer: torch.optim.Optimizer, where: str) -> None:
-    """Check that every Adam moment tensor has the shape of its parameter."""
+    """Check that every Adam moment tensor has its parameter's shape and finite values."""
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             state = optimizer.state.get(parameter, {})
             for key in _ADAM_MOMENTS:
                 if key in state and (not isinstance(state[key], torch.Tensor) or state[key].shape != parameter.shape):
                     raise _damaged(where, f"the 'optimizer' state {key!r} does not have the shape of its parameter")
+                if key in state and not bool(torch.isfinite(state[key]).all()):
+                    raise _damaged(where, f"the 'optimizer' state {key!r} holds NaN or infinite values")
+                if key.endswith("_sq") and key in state and bool((state[key] < 0).any()):
+                    raise _damaged(where, f"the 'optimizer' state {key!r} holds negative values, which squares cannot")
+            step = state.get("step")
+            if step is not None and not bool(torch.isfinite(torch.as_tensor(step, dtype=torch.float64)).all()):
+                raise _damaged(where, "the 'optimizer' state 'step' is NaN or infinite")
+        for name in ("lr", "betas", "eps", "weight_decay"):
+            try:
+                values = torch.as_tensor(group.get(name, 0.0), dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                continue  # not numbers: the trial step reports it
+            if not bool(torch.isfinite(values).all()):
+                raise _damaged(where, f"the 'optimizer' setting {name!r} is NaN or infinite")
 
 
 def restore_states(

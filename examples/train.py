@@ -262,8 +262,9 @@ def _stop_on_signals(received: list[signal.Signals]) -> Iterator[None]:
     way out runs: the atomic writer removes its temporary file. The handler appends the signal
     to `received` first, because cleanup code may replace the exception with another one (as
     torch.save does when its writer is interrupted). After the first signal, further SIGINT and
-    SIGTERM are ignored, so that a second one cannot interrupt that cleanup. Signals that the
-    parent process set to be ignored stay ignored. The block restores the previous handlers.
+    SIGTERM are ignored, so that a second one cannot interrupt that cleanup or the exit. Signals
+    that the parent process set to be ignored stay ignored. Without a signal, the block restores
+    the previous handlers.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -284,8 +285,10 @@ def _stop_on_signals(received: list[signal.Signals]) -> Iterator[None]:
                 signal.signal(number, stop)
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        # After a signal they stay ignored, so that a second one cannot cut the exit short.
+        if not received:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def _report_interruption(name: str, out: str) -> None:

@@ -245,6 +245,33 @@ def test_signal_leaves_no_temporary_files(tmp_path, number, status):
         assert torch.load(out / name, weights_only=True)["epoch"] >= 1, name
 
 
+def test_second_signal_keeps_the_first_exit_status(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(SCRIPT), *TINY, "--epochs", "400", "--steps-per-epoch", "1",
+        "--device", "cpu", "--threads", "1", "--out", str(out),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint_last.pt").exists():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, error = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, error
+    assert "Traceback" not in error
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
 @pytest.mark.parametrize(
     "train_options",
     [

@@ -1,4 +1,4 @@
-"""Invalid constructor arguments raise ValueError naming the parameter, rule and value."""
+"""Invalid arguments raise errors that name the parameter, the rule and the value."""
 
 import math
 
@@ -97,3 +97,21 @@ def test_no_assert_statements_for_user_input():
         if line.strip().startswith("assert ")
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("make", [lambda: Scale(2.0), lambda: Logit(0.05), lambda: Dequantize(17)], ids=["Scale", "Logit", "Dequantize"])
+@pytest.mark.parametrize("call", ["forward", "inverse", "call_and_ladj", "inverse_call_and_ladj"])
+def test_calls_reject_non_tensors_and_complex_data(make, call):
+    t = make()
+    method = {
+        "forward": t,
+        "inverse": t.inv,
+        "call_and_ladj": t.call_and_ladj,
+        "inverse_call_and_ladj": t.inv.call_and_ladj,
+    }[call]
+    name = type(t).__name__
+
+    with pytest.raises(TypeError, match=f"{name} expects a torch.Tensor, got list"):
+        method([0.5, 0.25])
+    with pytest.raises(ValueError, match=rf"{name} expects real data, got dtype torch.complex64"):
+        method(torch.tensor([0.5 + 0.5j]))

@@ -101,6 +101,14 @@ class ElementwiseTransform(Transform):
                 f"{event_dim} dimensions, got shape {tuple(value.shape)}"
             )
 
+    def _check_input(self, value: object) -> None:
+        """Check that a call receives a real tensor with enough dimensions."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(value).__name__}")
+        if value.is_complex():
+            raise ValueError(f"{type(self).__name__} expects real data, got dtype {value.dtype}")
+        self._check_dims(value)
+
     def _sum_event(self, ladj: torch.Tensor | float, reference: torch.Tensor) -> torch.Tensor:
         """Sum an elementwise log-det over the event dimensions of `reference`."""
         event_dim = self._event_dim
@@ -127,11 +135,11 @@ class ElementwiseTransform(Transform):
     # -- Calls, sharing one cache -------------------------------------------------------------
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_dims(x)
+        self._check_input(x)
         return super().__call__(x)
 
     def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
-        self._check_dims(y)
+        self._check_input(y)
         return super()._inv_call(y)
 
     def call_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +148,7 @@ class ElementwiseTransform(Transform):
         zuko's `NormalizingFlow` and flowext's nflows adapter call this method. It uses and
         fills the same cache as `__call__`.
         """
+        self._check_input(x)
         if self._cache_size == 1:
             x_old, y_old = self._cached_x_y
             if x is x_old:
@@ -151,6 +160,7 @@ class ElementwiseTransform(Transform):
         return y, self._sum_event(ladj, y)
 
     def _inverse_call_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(y)
         if self._cache_size == 1:
             x_old, y_old = self._cached_x_y
             if y is y_old:

@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = world_from_environment()[0]
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # NOTE: a signal that arrives while the modules are still importing, before the handlers
+    # below exist, gets Python's default behaviour instead of the exit statuses 130 and 143.
     received: list[signal.Signals] = []
     try:
         with _stop_on_signals(received):

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import logging
 import os
 import signal
 import struct
@@ -129,6 +130,17 @@ def test_uniform_run_has_no_dequantizer_parameters(tmp_path):
     assert metrics["dequantization"] == "uniform"
     assert metrics["parameters"]["dequantizer"] == 0
     assert metrics["world_size"] == 1
+
+
+def test_new_run_into_a_used_folder_warns(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert run_main([*TINY, "--out", str(out)]) == 0
+    caplog.clear()
+
+    with caplog.at_level(logging.WARNING):
+        assert run_main([*TINY, "--out", str(out)]) == 0
+
+    assert any("holds the outputs of an earlier run" in record.getMessage() for record in caplog.records)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):

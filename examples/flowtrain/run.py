@@ -151,6 +151,11 @@ def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
 
     rank = world_from_environment()[0]
     output_dir = prepare_output_dir(options.out) if rank == 0 else Path(options.out)
+    if rank == 0 and options.resume is None and (output_dir / "metrics.json").exists():
+        logger.warning(
+            "%s holds the outputs of an earlier run; this run replaces them file by file, and "
+            "until it ends the folder mixes both runs", output_dir,
+        )
     if options.digest_dir is not None:
         prepare_output_dir(options.digest_dir, "--digest-dir")
 

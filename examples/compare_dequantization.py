@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     started_at = time.time()
     # The handler only records the signal; the loops below check for it. A signal can then
-    # arrive at any moment, even between starting a run and recording it, without leaving a
-    # run that nobody stops.
+    # arrive at any moment, even between starting a run and recording it, and every started
+    # run is still stopped.
     received: list[signal.Signals] = []
 
     def record(number: int, frame: object) -> None:

@@ -224,9 +224,11 @@ def test_atomic_open_replaces_file(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json"]
 
 
-@pytest.mark.parametrize(("number", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_signal_leaves_no_temporary_files(tmp_path, number, status):
-    out = tmp_path / "run"
+def signal_long_run(out, signals, pause_after_checkpoint):
+    """Start a long train.py run and send it `signals`, (number, delay) pairs, after its first checkpoint.
+
+    Returns the exit status and stderr.
+    """
     command = [
         sys.executable, str(SCRIPT), *TINY, "--epochs", "400", "--steps-per-epoch", "1",
         "--device", "cpu", "--threads", "1", "--out", str(out),
@@ -238,16 +240,27 @@ def test_signal_leaves_no_temporary_files(tmp_path, number, status):
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "no checkpoint after 120 s"
             time.sleep(0.02)
-        # A few more epochs, so that the signal may arrive while a checkpoint is being written.
-        time.sleep(0.3)
-        process.send_signal(number)
+        time.sleep(pause_after_checkpoint)
+        for number, delay in signals:
+            process.send_signal(number)
+            time.sleep(delay)
         _, error = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    return process.returncode, error
 
-    assert process.returncode == status
+
+@pytest.mark.parametrize(("number", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_leaves_no_temporary_files(tmp_path, number, status):
+    out = tmp_path / "run"
+
+    # A few more epochs after the first checkpoint, so that the signal may arrive while a
+    # checkpoint is being written.
+    returncode, error = signal_long_run(out, [(number, 0.0)], pause_after_checkpoint=0.3)
+
+    assert returncode == status
     last_line = error.strip().splitlines()[-1]
     assert last_line.startswith(f"train.py: stopped by {number.name}.")
     assert f"continue with --resume {out / 'checkpoint_last.pt'}" in last_line
@@ -259,27 +272,10 @@ def test_signal_leaves_no_temporary_files(tmp_path, number, status):
 
 def test_second_signal_keeps_the_first_exit_status(tmp_path):
     out = tmp_path / "run"
-    command = [
-        sys.executable, str(SCRIPT), *TINY, "--epochs", "400", "--steps-per-epoch", "1",
-        "--device", "cpu", "--threads", "1", "--out", str(out),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoint_last.pt").exists():
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
-        time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
-        _, error = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
-    assert process.returncode == 130, error
+    returncode, error = signal_long_run(out, [(signal.SIGINT, 0.01), (signal.SIGTERM, 0.0)], pause_after_checkpoint=0.0)
+
+    assert returncode == 130, error
     assert "Traceback" not in error
     assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
 

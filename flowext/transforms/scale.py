@@ -108,8 +108,8 @@ class Scale(ElementwiseTransform):
 
         if factor.device == x.device and factor.dtype == x.dtype:
             return factor
-        # Converted on every call, so that autograd sees the conversion of a learnable factor
-        # and its current value. The range check, which synchronizes with an accelerator, runs
+        # Converted on every call, so that autograd records the conversion of a learnable
+        # factor and the call uses its current value. The range check, which synchronizes with an accelerator, runs
         # once per device, dtype and version of the factor.
         converted = factor.to(device=x.device, dtype=x.dtype)
         try:

@@ -133,3 +133,16 @@ def test_scale_tensor_factor_after_inference_mode():
     t(x).sum().backward()
 
     assert torch.equal(x.grad, torch.full((2,), 0.5, dtype=torch.float64))
+
+
+def test_scale_checks_a_factor_changed_in_place():
+    factor = torch.tensor(2.0, dtype=torch.float64)
+    t = Scale(factor, cache_size=0)
+    t(torch.ones(3))
+
+    factor.data.fill_(1e-50)
+    with pytest.raises(ValueError, match="outside the normal range of torch.float32"):
+        t(torch.ones(3))
+    factor.data.fill_(0.0)
+    with pytest.raises(ValueError, match="factor must hold nonzero finite values, but it was changed in place and now holds 0.0"):
+        t(torch.ones(3, dtype=torch.float64))

@@ -47,7 +47,8 @@ class Scale(ElementwiseTransform):
     Args:
         factor: The factor $c$: a nonzero finite number, or a tensor of them that broadcasts
             with the input. A tensor factor is converted to the input's device and dtype at
-            each call, so a learnable factor keeps its gradient and its current value. Integer inputs are scaled in torch's default dtype, so that the product
+            each call, so a learnable factor keeps its gradient and its current value; the check
+            of its range then synchronizes with an accelerator at each call. Integer inputs are scaled in torch's default dtype, so that the product
             cannot overflow. A factor that is 0 or infinite in the input's dtype (1e-50 in
             float32, say) raises `ValueError` at the call.
         event_dim: Number of rightmost dimensions that form one event.
@@ -106,26 +107,27 @@ class Scale(ElementwiseTransform):
                 )
             return factor
 
-        if factor.device == x.device and factor.dtype == x.dtype:
-            return factor
-        # Converted on every call, so that autograd records the conversion of a learnable
-        # factor and the call uses its current value. The range check, which synchronizes with an accelerator, runs
-        # once per device, dtype and version of the factor.
+        # Converted and checked on every call: autograd records the conversion of a learnable
+        # factor, and the call uses and checks its current value, which may have changed in
+        # place (a zero factor would make the map singular).
         converted = factor.to(device=x.device, dtype=x.dtype)
-        try:
-            key = (x.device, x.dtype, factor._version)
-        except RuntimeError:  # inference tensors have no version counter
-            key = None
-        if converted.is_meta or (key is not None and key == self.__dict__.get("_checked_key")):
+        if converted.is_meta:
             return converted
         magnitude = converted.abs()
         if bool(((magnitude < info.tiny) | (magnitude > info.max)).any()):
+            own = factor.detach()
+            invalid = ~torch.isfinite(own) | (own == 0)
+            if bool(invalid.any()):
+                first = own[invalid].flatten()[0].item()
+                raise ValueError(
+                    f"factor must hold nonzero finite values, but it was changed in place and now "
+                    f"holds {first!r}; set a valid factor"
+                )
             raise ValueError(
                 f"factor holds values outside the normal range of {x.dtype} "
                 f"[{info.tiny:g}, {info.max:g}], where they would become 0 or inf; use "
                 f"data of a wider dtype such as torch.float64"
             )
-        self._checked_key = key
         return converted
 
     @staticmethod

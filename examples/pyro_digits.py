@@ -54,8 +54,9 @@ MAX_SEED = 2**32 - 1
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 EXIT_DIVERGED = 1
-# Adam converts the learning rate to a float32 scalar, which overflows above this.
-MAX_LR = 3.4028234663852886e38
+# Adam's first step divides the learning rate by 1 - beta1 = 0.1 and converts it to a float32
+# scalar, which overflows above 3.4e38.
+MAX_LR = 3.4e37
 
 
 class TrainingDiverged(Exception):
@@ -167,10 +168,12 @@ def build_transforms(args: argparse.Namespace, dequantization: str) -> list[torc
                 (NUM_PIXELS,),
                 hidden_features=args.noise_hidden,
                 num_layers=args.noise_layers,
+                logit_alpha=args.alpha,
             )
         )
     else:
-        transforms.append(Dequantize(NUM_BINS).inv)
+        # The noise margin depends on alpha only above 1/2; below, this is Dequantize(17).
+        transforms.append(Dequantize(NUM_BINS, logit_alpha=args.alpha if args.alpha > 0.5 else 0.0).inv)
     return transforms
 
 

@@ -37,8 +37,9 @@ from flowtrain.model import DEQUANTIZATIONS, MAX_NUM_BINS, FlowConfig  # noqa: E
 PROGRAM = "train.py"
 # More threads than this only add overhead, and very large counts make OpenBLAS fail to start.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
-# The optimizer converts --lr to a float32 scalar, which overflows above this.
-MAX_FLOAT = 3.4028234663852886e38
+# Adam's first step divides --lr by 1 - beta1 = 0.1 and converts it to a float32 scalar, which
+# overflows above 3.4e38, so --lr and --max-grad-norm stay below a tenth of that.
+MAX_FLOAT = 3.4e37
 # Seeds from 0 to 2**32 - 1; the data sampler adds the epoch to the seed, which must stay below
 # 2**64 for torch's generator.
 MAX_SEED = 2**32 - 1
@@ -255,16 +256,17 @@ class Terminated(BaseException):
 
 
 @contextmanager
-def _stop_on_signals(received: list[signal.Signals]) -> Iterator[None]:
+def _stop_on_signals(received: list[signal.Signals], keep_ignored: bool) -> Iterator[None]:
     """Turn SIGINT and SIGTERM into exceptions in the main thread, for the duration of the block.
 
     SIGINT raises KeyboardInterrupt and SIGTERM raises `Terminated`, so the cleanup code on the
     way out runs: the atomic writer removes its temporary file. The handler appends the signal
     to `received` first, because cleanup code may replace the exception with another one (as
     torch.save does when its writer is interrupted). After the first signal, further SIGINT and
-    SIGTERM are ignored, so that a second one cannot interrupt that cleanup or the exit. Signals
-    that the parent process set to be ignored stay ignored. Without a signal, the block restores
-    the previous handlers.
+    SIGTERM are ignored, so that a second one cannot interrupt that cleanup. Signals that the
+    parent process set to be ignored stay ignored. The block restores the previous handlers,
+    unless a signal arrived and `keep_ignored` is set: a script that exits next keeps them
+    ignored, so that a second signal cannot cut its exit short.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -285,8 +287,7 @@ def _stop_on_signals(received: list[signal.Signals]) -> Iterator[None]:
                 signal.signal(number, stop)
         yield
     finally:
-        # After a signal they stay ignored, so that a second one cannot cut the exit short.
-        if not received:
+        if not (received and keep_ignored):
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
@@ -299,11 +300,13 @@ def _report_interruption(name: str, out: str) -> None:
     print(message, file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
     """Run the program and return its exit status.
 
     The status is 0 on success, 2 for invalid input, 1 if the training loss became NaN or
     infinite, and 128 plus the signal number (130, 143) when SIGINT or SIGTERM stopped it.
+    `exiting` tells that the process exits right after: SIGINT and SIGTERM then stay ignored
+    after a first one. Otherwise the caller gets its signal handlers back.
     """
     options = parse_options(argv)
 
@@ -316,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     # below exist, gets Python's default behaviour instead of the exit statuses 130 and 143.
     received: list[signal.Signals] = []
     try:
-        with _stop_on_signals(received):
+        with _stop_on_signals(received, keep_ignored=exiting):
             metrics = run_training(options)
     except BaseException as error:
         if received:
@@ -342,4 +345,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exiting=True))

@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -268,6 +269,20 @@ def test_signal_leaves_no_temporary_files(tmp_path, number, status):
     assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         assert torch.load(out / name, weights_only=True)["epoch"] >= 1, name
+
+
+def test_main_in_process_gives_the_signal_handlers_back(tmp_path, capsys):
+    # A SIGINT from a timer stops the in-process run; afterwards Ctrl-C works again.
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        status = train.main([*TINY, "--epochs", "400", "--steps-per-epoch", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    finally:
+        timer.cancel()
+
+    assert status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_second_signal_keeps_the_first_exit_status(tmp_path):

@@ -196,11 +196,12 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--dequantization", "gaussian"], "argument --dequantization: invalid choice: 'gaussian'"),
         (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
         (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
-        (["--lr", "-1"], "argument --lr: expected a positive number up to 3.403e+38, got '-1'"),
-        (["--lr", "1e39"], "argument --lr: expected a positive number up to 3.403e+38, got '1e39'"),
+        (["--lr", "-1"], "argument --lr: expected a positive number up to 3.4e+37, got '-1'"),
+        (["--lr", "4e37"], "argument --lr: expected a positive number up to 3.4e+37, got '4e37'"),
         (["--seed", str(2**32)], f"argument --seed: expected an integer from 0 to {2**32 - 1}, got {2**32}"),
         (["--alpha", "1"], "argument --alpha: expected a number in [0, 1), got '1'"),
         (["--alpha", "0.99999"], "float32 resolves at most 2 levels after a Logit with this alpha"),
+        (["--alpha", "0.9999999"], "--alpha 0.9999999 is too close to 1"),
         (["--batch-size", "many"], "argument --batch-size: expected an integer >= 1, got 'many'"),
         (["--dataset", "photos", "--idx-images", "x"], "--idx-images applies to --dataset idx only"),
         (["--dataset", "idx"], "--dataset idx needs --idx-images PATH"),
@@ -210,7 +211,7 @@ def test_output_folder_is_a_file(tmp_path, capsys):
         (["--digest-dir", ""], "argument --digest-dir: expected a folder path, got an empty string"),
     ],
     ids=[
-        "dequantization", "dataset", "epochs", "lr", "lr-overflow", "seed-too-large", "alpha", "alpha-too-close-to-1", "batch-size", "idx-conflict", "idx-missing",
+        "dequantization", "dataset", "epochs", "lr", "lr-overflow", "seed-too-large", "alpha", "alpha-too-large-for-k", "alpha-too-close-to-1", "batch-size", "idx-conflict", "idx-missing",
         "unknown", "threads-too-many", "threads-zero", "digest-dir-empty",
     ],
 )
@@ -339,13 +340,17 @@ def nan_adam_betas(checkpoint):
         (integer_weight, "has dtype torch.int64, not torch.float32"),
         (negative_adam_moment, "the 'optimizer' state 'exp_avg_sq' holds negative values"),
         (nan_adam_betas, "the 'optimizer' setting 'betas' is NaN or infinite"),
-        (lambda c: c.__setitem__("best_validation_bpd", math.nan), "'best_validation_bpd' is nan, not a number >= 0"),
+        (lambda c: c.__setitem__("best_validation_bpd", math.nan), "'best_validation_bpd' is nan, not a finite number >= 0"),
+        (lambda c: c.__setitem__("best_validation_bpd", math.inf), "'best_validation_bpd' is inf, not a finite number >= 0"),
+        (lambda c: c["history"]["validation_bpd"].__setitem__(0, math.nan), "'history' entry 'validation_bpd' holds NaN or infinite values"),
+        (lambda c: c["optimizer"]["param_groups"][0].__setitem__("betas", (1.5, 0.999)), "'betas' is (1.5, 0.999), not two numbers in [0, 1)"),
+        (lambda c: c["optimizer"]["state"][0].__setitem__("step", torch.tensor(-3.0)), "the 'optimizer' state 'step' is not a finite number >= 0"),
     ],
     ids=[
         "missing-entry", "reshaped-entry", "unknown-entry", "config-string", "config-field", "epoch-string",
         "best-epoch", "history-none", "history-length", "train-seconds", "model-list", "optimizer-keys",
         "optimizer-groups", "adam-moment", "adam-betas", "nan-weight", "integer-weight", "negative-moment",
-        "nan-betas", "nan-best-bpd",
+        "nan-betas", "nan-best-bpd", "inf-best-bpd", "nan-history", "betas-above-1", "negative-step",
     ],
 )
 def test_resume_damaged_checkpoint(tmp_path, capsys, checkpoint_file, damage, problem):

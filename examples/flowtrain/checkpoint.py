@@ -163,8 +163,13 @@ def _check_fields(checkpoint: dict[str, Any], where: str) -> None:
     if not _is_integer(best_epoch) or not 0 <= best_epoch <= epoch:
         raise _damaged(where, f"'best_epoch' is {reprlib.repr(best_epoch)}, not an integer from 0 to 'epoch' ({epoch})")
     best_validation = checkpoint["best_validation_bpd"]
-    if not _is_number(best_validation) or math.isnan(best_validation) or best_validation < 0:
-        raise _damaged(where, f"'best_validation_bpd' is {reprlib.repr(best_validation)}, not a number >= 0")
+    # Without a best epoch it is inf, the value no epoch has beaten yet.
+    expected = math.inf if best_epoch == 0 else None
+    if not _is_number(best_validation) or (
+        best_validation != expected and not 0 <= best_validation < math.inf
+    ):
+        rule = "inf, since 'best_epoch' is 0" if best_epoch == 0 else "a finite number >= 0"
+        raise _damaged(where, f"'best_validation_bpd' is {reprlib.repr(best_validation)}, not {rule}")
     train_seconds = checkpoint["train_seconds"]
     if not _is_number(train_seconds) or not 0 <= train_seconds < math.inf:
         raise _damaged(where, f"'train_seconds' is {reprlib.repr(train_seconds)}, not a finite number >= 0")
@@ -177,6 +182,8 @@ def _check_fields(checkpoint: dict[str, Any], where: str) -> None:
         values = history[key]
         if not isinstance(values, list) or len(values) != epoch or not all(map(_is_number, values)):
             raise _damaged(where, f"'history' entry {key!r} is not a list of {epoch} numbers, one per epoch")
+        if not all(map(math.isfinite, values)):
+            raise _damaged(where, f"'history' entry {key!r} holds NaN or infinite values")
 
     if not _is_state_dict(checkpoint["model"]):
         raise _damaged(where, "'model' is not a state dict (names mapped to tensors)")
@@ -285,8 +292,10 @@ def _check_optimizer_moments(optimizer: torch.optim.Optimizer, where: str) -> No
                 if key.endswith("_sq") and key in state and bool((state[key] < 0).any()):
                     raise _damaged(where, f"the 'optimizer' state {key!r} holds negative values, which squares cannot")
             step = state.get("step")
-            if step is not None and not bool(torch.isfinite(torch.as_tensor(step, dtype=torch.float64)).all()):
-                raise _damaged(where, "the 'optimizer' state 'step' is NaN or infinite")
+            if step is not None:
+                step_value = torch.as_tensor(step).detach().to(torch.float64)
+                if not bool((torch.isfinite(step_value) & (step_value >= 0)).all()):
+                    raise _damaged(where, "the 'optimizer' state 'step' is not a finite number >= 0")
         for name in ("lr", "betas", "eps", "weight_decay"):
             try:
                 values = torch.as_tensor(group.get(name, 0.0), dtype=torch.float64)
@@ -294,6 +303,8 @@ def _check_optimizer_moments(optimizer: torch.optim.Optimizer, where: str) -> No
                 continue  # not numbers: the trial step reports it
             if not bool(torch.isfinite(values).all()):
                 raise _damaged(where, f"the 'optimizer' setting {name!r} is NaN or infinite")
+            if name == "betas" and not bool(((values >= 0) & (values < 1)).all()):
+                raise _damaged(where, f"the 'optimizer' setting 'betas' is {group['betas']!r}, not two numbers in [0, 1)")
 
 
 def restore_states(

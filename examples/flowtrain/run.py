@@ -134,6 +134,11 @@ def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
     )
     config = flow_config_from(options, splits)
     supported = resolvable_bins(torch.float32, config.alpha)
+    if supported < 2:
+        raise UsageError(
+            f"--alpha {config.alpha} is too close to 1: after a Logit with this alpha, float32 "
+            f"cannot resolve even 2 levels. Pass a smaller --alpha."
+        )
     if config.num_bins > supported:
         raise UsageError(
             f"--alpha {config.alpha} with K = {config.num_bins} levels: float32 resolves at most "

@@ -67,6 +67,12 @@ def noise_margin(num_bins: int, dtype: torch.dtype, alpha: float = 0.0) -> float
     factor = margin_factor(alpha)
     if factor != 1.0:
         margin *= factor
+    if margin > MAX_MARGIN and resolvable_bins(dtype, alpha) < 2:
+        raise ValueError(
+            f"dtype {dtype} cannot resolve any number of bins followed by Logit(alpha={alpha}): "
+            f"that alpha leaves too few {dtype} values between alpha/2 and 1 - alpha/2. Pass a "
+            f"smaller alpha or a wider dtype, such as dtype=torch.float64."
+        )
     if margin > MAX_MARGIN:
         spacing = 2.0 ** math.floor(math.log2(num_bins - 1)) * eps if num_bins > 1 else eps
         after_logit = f" followed by Logit(alpha={alpha})" if factor != 1.0 else ""

@@ -115,3 +115,22 @@ def test_calls_reject_non_tensors_and_complex_data(make, call):
         method([0.5, 0.25])
     with pytest.raises(ValueError, match=rf"{name} expects real data, got dtype torch.complex64"):
         method(torch.tensor([0.5 + 0.5j]))
+
+
+
+@pytest.mark.parametrize("make", [lambda: Scale(2.0), lambda: Logit(0.05), lambda: Dequantize(17)], ids=["Scale", "Logit", "Dequantize"])
+def test_log_abs_det_jacobian_rejects_non_tensors_and_complex_data(make):
+    t = make()
+    name = type(t).__name__
+    z = torch.tensor([0.5 + 0.5j])
+
+    for method in (t.log_abs_det_jacobian, t.inv.log_abs_det_jacobian):
+        with pytest.raises(TypeError, match=f"{name} expects a torch.Tensor, got list"):
+            method([0.5], torch.tensor([0.5]))
+        with pytest.raises(ValueError, match=rf"{name} expects real data, got dtype torch.complex64"):
+            method(z, z)
+
+
+def test_apply_noise_rejects_complex_noise():
+    with pytest.raises(ValueError, match="noise must hold real values in \\[0, 1\\), got dtype torch.complex64"):
+        Dequantize(4, validate_args=False).apply_noise(torch.tensor([1.0]), torch.tensor([0.5 + 0.5j]))

@@ -101,3 +101,8 @@ def test_margin_grows_with_large_alpha(num_bins, alpha):
 def test_margin_is_unchanged_up_to_alpha_one_half():
     for alpha in (0.0, 0.05, 0.3, 0.5):
         assert noise_margin(256, torch.float32, alpha) == noise_margin(256, torch.float32)
+
+
+def test_alpha_too_close_to_one_for_any_number_of_bins():
+    with pytest.raises(ValueError, match=r"cannot resolve any number of bins followed by Logit\(alpha=0.999999\)"):
+        noise_margin(2, torch.float32, 0.999999)

@@ -329,3 +329,16 @@ def test_uniform_dequantizer_widens_the_margin_for_large_alpha():
 
     assert _round_trip_failures(UniformDequantizer(num_bins, logit_alpha=alpha), num_bins, alpha, x) == 0
     assert _round_trip_failures(UniformDequantizer(num_bins), num_bins, alpha, x) > 0
+
+
+def test_variational_dequantizer_rejects_non_tensors_and_complex_data():
+    dequantizer = VariationalDequantizer.with_coupling_flow(17, (4,))
+    z = torch.zeros(2, 4, dtype=torch.complex64)
+
+    for call in (dequantizer.forward, dequantizer.inverse):
+        with pytest.raises(TypeError, match="inputs must be a torch.Tensor, got list"):
+            call([[1, 2, 3, 4]])
+        with pytest.raises(ValueError, match="inputs must hold real data, got dtype torch.complex64"):
+            call(z)
+    with pytest.raises(ValueError, match="noise must hold real data, got dtype torch.complex64"):
+        dequantizer.log_q(torch.zeros(2, 4), z)

@@ -127,9 +127,13 @@ class ElementwiseTransform(Transform):
         )
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        self._check_input(y)
         return self._sum_event(self._elementwise_ladj(x, y), y)
 
     def _inverse_log_abs_det_jacobian(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(y)
+        self._check_input(x)
         return self._sum_event(self._inverse_elementwise_ladj(y, x), x)
 
     # -- Calls, sharing one cache -------------------------------------------------------------

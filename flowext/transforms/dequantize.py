@@ -216,6 +216,8 @@ class Dequantize(ElementwiseTransform):
                 is set and `x` holds values other than integers in $[0, K - 1]$ or `noise`
                 holds values outside $[0, 1)$.
         """
+        if isinstance(noise, torch.Tensor) and noise.is_complex():
+            raise ValueError(f"noise must hold real values in [0, 1), got dtype {noise.dtype}")
         if not isinstance(noise, torch.Tensor) or noise.shape != x.shape:
             shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(

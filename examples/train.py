@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
 
     The status is 0 on success, 2 for invalid input, 1 if the training loss became NaN or
     infinite, and 128 plus the signal number (130, 143) when SIGINT or SIGTERM stopped it.
-    `exiting` tells that the process exits right after: SIGINT and SIGTERM then stay ignored
-    after a first one. Otherwise the caller gets its signal handlers back.
+    Pass `exiting=True` when the process exits right after: SIGINT and SIGTERM then stay
+    ignored after a first one. Otherwise the caller gets its signal handlers back.
     """
     options = parse_options(argv)
 

@@ -183,7 +183,7 @@ def _check_fields(checkpoint: dict[str, Any], where: str) -> None:
         if not isinstance(values, list) or len(values) != epoch or not all(map(_is_number, values)):
             raise _damaged(where, f"'history' entry {key!r} is not a list of {epoch} numbers, one per epoch")
         if not all(map(math.isfinite, values)):
-            raise _damaged(where, f"'history' entry {key!r} holds NaN or infinite values")
+            raise _damaged(where, f"'history' entry {key!r} contains NaN or infinite values")
 
     if not _is_state_dict(checkpoint["model"]):
         raise _damaged(where, "'model' is not a state dict (names mapped to tensors)")
@@ -276,7 +276,7 @@ def _check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, fi
         if tensor.dtype != expected[name].dtype:
             raise _damaged(where, f"its {field!r} entry {name!r} has dtype {tensor.dtype}, not {expected[name].dtype}")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise _damaged(where, f"its {field!r} entry {name!r} holds NaN or infinite values")
+            raise _damaged(where, f"its {field!r} entry {name!r} contains NaN or infinite values")
 
 
 def _check_optimizer_moments(optimizer: torch.optim.Optimizer, where: str) -> None:
@@ -288,9 +288,9 @@ def _check_optimizer_moments(optimizer: torch.optim.Optimizer, where: str) -> No
                 if key in state and (not isinstance(state[key], torch.Tensor) or state[key].shape != parameter.shape):
                     raise _damaged(where, f"the 'optimizer' state {key!r} does not have the shape of its parameter")
                 if key in state and not bool(torch.isfinite(state[key]).all()):
-                    raise _damaged(where, f"the 'optimizer' state {key!r} holds NaN or infinite values")
+                    raise _damaged(where, f"the 'optimizer' state {key!r} contains NaN or infinite values")
                 if key.endswith("_sq") and key in state and bool((state[key] < 0).any()):
-                    raise _damaged(where, f"the 'optimizer' state {key!r} holds negative values, which squares cannot")
+                    raise _damaged(where, f"the 'optimizer' state {key!r} contains negative values, which squares cannot be")
             step = state.get("step")
             if step is not None:
                 step_value = torch.as_tensor(step).detach().to(torch.float64)

@@ -47,8 +47,8 @@ class Scale(ElementwiseTransform):
     Args:
         factor: The factor $c$: a nonzero finite number, or a tensor of them that broadcasts
             with the input. A tensor factor is converted to the input's device and dtype at
-            each call, so a learnable factor keeps its gradient and its current value; the check
-            of its range then synchronizes with an accelerator at each call. Integer inputs are scaled in torch's default dtype, so that the product
+            each call, so a learnable factor keeps its gradient and its current value. Its range
+            is checked at each call, which synchronizes with an accelerator. Integer inputs are scaled in torch's default dtype, so that the product
             cannot overflow. A factor that is 0 or infinite in the input's dtype (1e-50 in
             float32, say) raises `ValueError` at the call.
         event_dim: Number of rightmost dimensions that form one event.

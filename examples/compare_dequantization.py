@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     started_at = time.time()
-    # The handler only records the signal; the loops below check for it. A signal can then
+    # The handler only records the signal, and the loops below check for it. A signal can then
     # arrive at any moment, even between starting a run and recording it, and every started
     # run is still stopped.
     received: list[signal.Signals] = []
@@ -228,7 +228,7 @@ def run_all(
     """Run both trainings and return each one's exit status and log path.
 
     `running` receives every started process, so that the caller can stop them. The function
-    returns early, without starting further runs, once `received` holds a signal.
+    returns early, without starting further runs, once `received` contains a signal.
     """
     order = [[name] for name in DEQUANTIZATIONS] if options.sequential else [list(DEQUANTIZATIONS)]
     statuses = {}

@@ -172,7 +172,7 @@ def build_transforms(args: argparse.Namespace, dequantization: str) -> list[torc
             )
         )
     else:
-        # The noise margin depends on alpha only above 1/2; below, this is Dequantize(17).
+        # The noise margin depends on alpha only above 1/2, so below it this is Dequantize(17).
         transforms.append(Dequantize(NUM_BINS, logit_alpha=args.alpha if args.alpha > 0.5 else 0.0).inv)
     return transforms
 

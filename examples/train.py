@@ -40,8 +40,8 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 # Adam's first step divides --lr by 1 - beta1 = 0.1 and converts it to a float32 scalar, which
 # overflows above 3.4e38, so --lr and --max-grad-norm stay below a tenth of that.
 MAX_FLOAT = 3.4e37
-# Seeds from 0 to 2**32 - 1; the data sampler adds the epoch to the seed, which must stay below
-# 2**64 for torch's generator.
+# Seeds run from 0 to 2**32 - 1. The data sampler adds the epoch to the seed, which must stay
+# below 2**64 for torch's generator.
 MAX_SEED = 2**32 - 1
 # The architecture defaults come from FlowConfig, so that the parser and the dataclass agree.
 # Shape and levels come from the data; these placeholders are never used.

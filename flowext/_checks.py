@@ -19,6 +19,7 @@ __all__ = [
     "check_float_dtype",
     "check_num_bins",
     "check_positive_int",
+    "check_real_tensor",
     "check_shape",
 ]
 
@@ -103,3 +104,11 @@ def check_shape(value: object, name: str = "shape") -> tuple[int, ...]:
     if not sizes or any(size < 1 for size in sizes):
         raise ValueError(f"{name} must be {rule}, got {value!r}")
     return sizes
+
+
+def check_real_tensor(value: object, name: str) -> None:
+    """Check that `value` is a tensor of real (not complex) values."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex():
+        raise ValueError(f"{name} must contain real values, got dtype {value.dtype}")

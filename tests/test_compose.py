@@ -124,9 +124,9 @@ def test_dequantize_in_compose_is_not_cached():
     assert isinstance(t.parts[0], Dequantize)
 
 
-def test_compose_unpickled_before_first_call_computes_its_sum_dims():
+def test_compose_unpickled_before_first_call():
     # The dims to sum are computed on first use, so a pickle written before any call, as older
-    # versions wrote it, holds none and still works.
+    # versions wrote it, contains none and still works.
     t = dequantization_pipeline(17, event_dim=1)
     loaded = pickle.loads(pickle.dumps(t))
     x = torch.randint(0, 17, (4, 3))

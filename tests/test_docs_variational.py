@@ -343,19 +343,26 @@ def small_flow(dequantizer: nn.Module, num_bins: int, shape: tuple[int, ...]) ->
     return Flow(CompositeTransform([dequantizer, rest]), StandardNormal([dims])), rest
 
 
+def sample_and_reference_density(flow, rest, num_samples=6):
+    """Return the flow's samples and log-densities, the continuous values y before quantization,
+    and log p(y) computed from the same base draws."""
+    with torch.no_grad():
+        torch.manual_seed(1)
+        samples, log_density = flow.sample_and_log_prob(num_samples)
+        torch.manual_seed(1)
+        z = flow._distribution.sample(num_samples)
+        y, inverse_log_det = rest.inverse(z)
+        log_p_y = flow._distribution.log_prob(z) - inverse_log_det
+    return samples, log_density, y, log_p_y
+
+
 def test_sample_log_prob_before_quantization():
     torch.manual_seed(0)
     num_bins, shape = 17, (1, 2, 2)
     dequantizer = VariationalDequantizer.with_coupling_flow(num_bins, shape, hidden_features=8, num_layers=2)
     flow, rest = small_flow(dequantizer, num_bins, shape)
 
-    with torch.no_grad():
-        torch.manual_seed(1)
-        samples, log_density = flow.sample_and_log_prob(6)
-        torch.manual_seed(1)
-        z = flow._distribution.sample(6)
-        y, inverse_log_det = rest.inverse(z)
-        log_p_y = flow._distribution.log_prob(z) - inverse_log_det
+    samples, log_density, y, log_p_y = sample_and_reference_density(flow, rest)
 
     torch.testing.assert_close(log_density, log_p_y)
     assert torch.equal(samples, y.floor().clamp(0, num_bins - 1))
@@ -367,13 +374,7 @@ def test_uniform_sample_log_prob_is_continuous_density():
     num_bins, shape = 17, (1, 2, 2)
     flow, rest = small_flow(UniformDequantizer(num_bins), num_bins, shape)
 
-    with torch.no_grad():
-        torch.manual_seed(1)
-        _, log_density = flow.sample_and_log_prob(6)
-        torch.manual_seed(1)
-        z = flow._distribution.sample(6)
-        _, inverse_log_det = rest.inverse(z)
-        log_p_y = flow._distribution.log_prob(z) - inverse_log_det
+    _, log_density, _, log_p_y = sample_and_reference_density(flow, rest)
 
     torch.testing.assert_close(log_density, log_p_y)
 

@@ -91,7 +91,7 @@ def test_logit_call_and_ladj_matches_separate_calls(alpha):
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no-grad", "grad"])
 def test_logit_event_log_det_matches_autograd(alpha, requires_grad):
     # call_and_ladj builds the log-det in place on log s, and without autograd it also takes
-    # the logarithms in place; both must leave the input and the gradient as they were.
+    # the logarithms in place. Neither may change the input or the gradient.
     t = Logit(alpha, event_dim=2, cache_size=0)
     x = torch.rand(4, 3, 5, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
     original = x.clone()

@@ -103,6 +103,6 @@ def test_margin_is_unchanged_up_to_alpha_one_half():
         assert noise_margin(256, torch.float32, alpha) == noise_margin(256, torch.float32)
 
 
-def test_alpha_too_close_to_one_for_any_number_of_bins():
+def test_margin_alpha_too_close_to_one():
     with pytest.raises(ValueError, match=r"cannot resolve any number of bins followed by Logit\(alpha=0.999999\)"):
         noise_margin(2, torch.float32, 0.999999)

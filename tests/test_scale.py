@@ -144,5 +144,5 @@ def test_scale_checks_a_factor_changed_in_place():
     with pytest.raises(ValueError, match="outside the normal range of torch.float32"):
         t(torch.ones(3))
     factor.data.fill_(0.0)
-    with pytest.raises(ValueError, match="factor must hold nonzero finite values, but it was changed in place and now holds 0.0"):
+    with pytest.raises(ValueError, match="factor must contain nonzero finite values, but it was changed in place and now contains 0.0"):
         t(torch.ones(3, dtype=torch.float64))

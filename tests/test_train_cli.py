@@ -141,7 +141,7 @@ def test_new_run_into_a_used_folder_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert run_main([*TINY, "--out", str(out)]) == 0
 
-    assert any("holds the outputs of an earlier run" in record.getMessage() for record in caplog.records)
+    assert any("contains the outputs of an earlier run" in record.getMessage() for record in caplog.records)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
@@ -272,7 +272,7 @@ def test_signal_leaves_no_temporary_files(tmp_path, number, status):
 
 
 def test_main_in_process_gives_the_signal_handlers_back(tmp_path, capsys):
-    # A SIGINT from a timer stops the in-process run; afterwards Ctrl-C works again.
+    # A SIGINT from a timer stops the in-process run, and afterwards Ctrl-C works again.
     timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:

@@ -338,7 +338,7 @@ def test_variational_dequantizer_rejects_non_tensors_and_complex_data():
     for call in (dequantizer.forward, dequantizer.inverse):
         with pytest.raises(TypeError, match="inputs must be a torch.Tensor, got list"):
             call([[1, 2, 3, 4]])
-        with pytest.raises(ValueError, match="inputs must hold real data, got dtype torch.complex64"):
+        with pytest.raises(ValueError, match="inputs must contain real values, got dtype torch.complex64"):
             call(z)
-    with pytest.raises(ValueError, match="noise must hold real data, got dtype torch.complex64"):
+    with pytest.raises(ValueError, match="noise must contain real values, got dtype torch.complex64"):
         dequantizer.log_q(torch.zeros(2, 4), z)

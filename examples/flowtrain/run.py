@@ -158,7 +158,7 @@ def run_training(options: argparse.Namespace) -> dict[str, Any] | None:
     output_dir = prepare_output_dir(options.out) if rank == 0 else Path(options.out)
     if rank == 0 and options.resume is None and (output_dir / "metrics.json").exists():
         logger.warning(
-            "%s holds the outputs of an earlier run; this run replaces them file by file, and "
+            "%s contains the outputs of an earlier run. This run replaces them file by file, and "
             "until it ends the folder mixes both runs", output_dir,
         )
     if options.digest_dir is not None:
@@ -204,7 +204,7 @@ def _train_and_evaluate(
         train_seconds = float(checkpoint["train_seconds"])
         logger.info("resumed from %s after epoch %d (best epoch %d)", options.resume, start_epoch, best_epoch)
         if start_epoch == options.epochs:
-            logger.info("the checkpoint has all %d epochs; evaluating without training", start_epoch)
+            logger.info("the checkpoint has all %d epochs, so the run evaluates without training", start_epoch)
 
     model: torch.nn.Module = LogLikelihood(flow)
     if context.enabled:

@@ -13,19 +13,12 @@ from nflows.transforms.coupling import AffineCouplingTransform
 from nflows.nn.nets import ResidualNet
 from torch import nn
 
-from flowext._checks import check_alpha, check_num_bins, check_positive_int, check_shape
+from flowext._checks import check_alpha, check_num_bins, check_positive_int, check_real_tensor, check_shape
 from flowext._numerics import noise_margin
 from flowext.nflows.base import StandardNormal
 from flowext.transforms.dequantize import check_integer_data, quantize
 
 __all__ = ["VariationalDequantizer", "conditional_noise_flow"]
-
-
-def _check_real_tensor(value: object, name: str) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.is_complex():
-        raise ValueError(f"{name} must hold real data, got dtype {value.dtype}")
 
 
 class VariationalDequantizer(NflowsTransform):
@@ -241,8 +234,8 @@ class VariationalDequantizer(NflowsTransform):
         Raises:
             ValueError: If `noise` and `x` differ in shape.
         """
-        _check_real_tensor(x, "x")
-        _check_real_tensor(noise, "noise")
+        check_real_tensor(x, "x")
+        check_real_tensor(noise, "noise")
         if noise.shape != x.shape:
             raise ValueError(
                 f"noise must have the shape of x, got {tuple(noise.shape)} and {tuple(x.shape)}"
@@ -285,7 +278,7 @@ class VariationalDequantizer(NflowsTransform):
         self, inputs: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x + u, -log q(u|x)); the flow's own `context` is not used."""
-        _check_real_tensor(inputs, "inputs")
+        check_real_tensor(inputs, "inputs")
         if inputs.dim() < 1:
             raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
         if self.event_shape is not None and tuple(inputs.shape[1:]) != self.event_shape:
@@ -304,7 +297,7 @@ class VariationalDequantizer(NflowsTransform):
         self, inputs: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (clamp(floor(y), 0, K - 1), 0): quantization, with a log-det of zero."""
-        _check_real_tensor(inputs, "inputs")
+        check_real_tensor(inputs, "inputs")
         return quantize(inputs, self.num_bins), inputs.new_zeros(inputs.shape[:1])
 
     def extra_repr(self) -> str:

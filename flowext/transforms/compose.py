@@ -188,7 +188,7 @@ def dequantization_pipeline(
                 dtype=dtype,
                 generator=generator,
                 validate_args=validate_args,
-                # Only an alpha above 1/2 widens the margin; below, Dequantize(K) stays plain.
+                # Only an alpha above 1/2 widens the margin, so below it Dequantize(K) stays plain.
                 logit_alpha=alpha if alpha > 0.5 else 0.0,
             ),
             Scale(1.0 / num_bins, event_dim=event_dim),

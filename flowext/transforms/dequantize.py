@@ -217,7 +217,7 @@ class Dequantize(ElementwiseTransform):
                 holds values outside $[0, 1)$.
         """
         if isinstance(noise, torch.Tensor) and noise.is_complex():
-            raise ValueError(f"noise must hold real values in [0, 1), got dtype {noise.dtype}")
+            raise ValueError(f"noise must contain real values in [0, 1), got dtype {noise.dtype}")
         if not isinstance(noise, torch.Tensor) or noise.shape != x.shape:
             shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(

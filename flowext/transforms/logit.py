@@ -162,8 +162,8 @@ class Logit(ElementwiseTransform):
 
     def _inverse_with_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, negative, decay = self._inverse_parts(y)
-        # The terms of _inverse_ladj_from_parts in place, with the same rounding: log1p may
-        # overwrite its input when autograd does not need it, and its output is not needed.
+        # This is _inverse_ladj_from_parts computed in place, with the same rounding. log1p may
+        # overwrite its input when autograd does not need that input.
         if torch.is_grad_enabled() and decay.requires_grad:
             softplus = torch.log1p(decay)
         else:

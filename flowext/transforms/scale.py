@@ -107,9 +107,8 @@ class Scale(ElementwiseTransform):
                 )
             return factor
 
-        # Converted and checked on every call: autograd records the conversion of a learnable
-        # factor, and the call uses and checks its current value, which may have changed in
-        # place (a zero factor would make the map singular).
+        # Converted and checked on every call, because autograd must record the conversion of a
+        # learnable factor and the factor may have changed in place since the last call.
         converted = factor.to(device=x.device, dtype=x.dtype)
         if converted.is_meta:
             return converted
@@ -120,11 +119,11 @@ class Scale(ElementwiseTransform):
             if bool(invalid.any()):
                 first = own[invalid].flatten()[0].item()
                 raise ValueError(
-                    f"factor must hold nonzero finite values, but it was changed in place and now "
-                    f"holds {first!r}; set a valid factor"
+                    f"factor must contain nonzero finite values, but it was changed in place and now "
+                    f"contains {first!r}. Set a nonzero finite factor."
                 )
             raise ValueError(
-                f"factor holds values outside the normal range of {x.dtype} "
+                f"factor contains values outside the normal range of {x.dtype} "
                 f"[{info.tiny:g}, {info.max:g}], where they would become 0 or inf; use "
                 f"data of a wider dtype such as torch.float64"
             )
